@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny generated image folders, and the real dataset/weights when available.
+
+Nothing here touches the network unless no mirror is configured and the real dataset is asked
+for; then one download is tried and the test is skipped with the reason if it fails.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tlcourse import TLCourseError
+from tlcourse.data import fetch
+from tlcourse.models import find_local_weights
+from tlcourse.settings import ENV_DATA_MIRROR, ENV_WEIGHTS_DIR, data_root
+
+# Keep the two CPU cores for the test process itself; tests use num_workers=0.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def make_image_folder(root: Path, classes=("ants", "bees"), per_class: dict | int = 6,
+                      size=(40, 32), splits=("train", "val")) -> Path:
+    """Write ``root/{split}/{class}/img_N.png`` with one dominant colour per class.
+
+    Classes differ by colour so a network can tell them apart in a few steps; each image gets
+    a little deterministic noise so no two files are identical.
+    """
+    colours = [(220, 40, 40), (40, 60, 220), (40, 200, 60), (200, 200, 40), (160, 40, 200)]
+    generator = torch.Generator().manual_seed(0)
+    for split in splits:
+        count = per_class[split] if isinstance(per_class, dict) else per_class
+        for ci, cls in enumerate(classes):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = torch.tensor(colours[ci % len(colours)], dtype=torch.float32).view(3, 1, 1)
+                noise = torch.randint(-30, 31, (3, size[1], size[0]), generator=generator).float()
+                pixels = (base + noise).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+                Image.fromarray(pixels, "RGB").save(folder / f"img_{i}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    """Two classes, 6 train + 6 val images each, 40x32 px."""
+    return make_image_folder(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_data_session(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("tiny"), per_class=8)
+
+
+@pytest.fixture(scope="session")
+def hymenoptera_dir() -> Path:
+    """The real ants/bees dataset under data/, fetched through tlcourse's own code (or skip)."""
+    try:
+        return fetch(data_root(), progress=False)
+    except TLCourseError as exc:
+        mirror = os.environ.get(ENV_DATA_MIRROR)
+        pytest.skip(f"hymenoptera dataset unavailable (mirror={mirror!r}): {exc}")
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights() -> Path:
+    """The offline ImageNet-pretrained MobileNetV2 backbone from TLCOURSE_WEIGHTS_DIR (or skip)."""
+    path = find_local_weights("mobilenet_v2")
+    if path is None:
+        pytest.skip(f"no mobilenet_v2*.pth in {ENV_WEIGHTS_DIR}={os.environ.get(ENV_WEIGHTS_DIR)!r}")
+    return path

@@ -1,0 +1,287 @@
+"""The dataset: download and verify it, build transforms and loaders, and count it.
+
+``fetch`` never leaves a half dataset behind: it downloads to a temporary file, checks the
+archive (checksum, zip integrity, expected folders), extracts into a temporary folder and only
+then moves the result into place and writes a completion marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets, transforms
+
+from . import TLCourseError
+from .images import IMAGE_EXTENSIONS, open_rgb
+from .settings import HYMENOPTERA_SHA256, HYMENOPTERA_URL, data_mirror, data_root
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MARKER = ".tlcourse-complete"
+DATASET_NAME = "hymenoptera_data"
+SPLITS = ("train", "val")
+
+
+# --------------------------------------------------------------------------- download
+
+def _is_url(source: str) -> bool:
+    return source.split(":", 1)[0].lower() in ("http", "https", "ftp", "file")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(url: str, dest: Path, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {Path(url).name}",
+                      disable=not progress) as bar:
+                for chunk in iter(lambda: response.read(1 << 16), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except OSError as exc:  # URLError, timeouts and HTTP errors are all OSErrors
+        raise TLCourseError(
+            f"could not download {url} ({exc}); offline? set TLCOURSE_DATA_MIRROR to a local "
+            f"copy of {Path(url).name} and run again"
+        ) from exc
+
+
+def _check_archive(archive: Path, source: str, sha256: str | None, name: str) -> None:
+    if sha256 is not None:
+        actual = _sha256(archive)
+        if actual != sha256:
+            raise TLCourseError(
+                f"{source}: checksum mismatch (sha256 {actual[:12]}…, expected {sha256[:12]}…); "
+                "the archive is corrupt or not the expected dataset, delete it and fetch again"
+            )
+    if not zipfile.is_zipfile(archive):
+        raise TLCourseError(f"{source}: not a zip archive; point the mirror at {name}.zip")
+    with zipfile.ZipFile(archive) as zf:
+        bad = zf.testzip()
+        if bad is not None:
+            raise TLCourseError(f"{source}: member {bad} is corrupt; fetch the archive again")
+        names = zf.namelist()
+    for split in SPLITS:
+        if not any(n.startswith(f"{name}/{split}/") for n in names):
+            raise TLCourseError(f"{source}: archive has no {name}/{split}/ folder; is it the right dataset?")
+
+
+def fetch(
+    root: str | Path | None = None,
+    mirror: str | None = None,
+    *,
+    url: str = HYMENOPTERA_URL,
+    sha256: str | None = HYMENOPTERA_SHA256,
+    name: str = DATASET_NAME,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Make ``<root>/<name>`` hold the complete dataset and return that path.
+
+    ``mirror`` (or ``TLCOURSE_DATA_MIRROR``) is a local path or URL used instead of ``url``.
+    A second call returns at once. Any failure leaves ``root`` as it was.
+    """
+    root = Path(root) if root is not None else data_root()
+    target = root / name
+    if (target / MARKER).exists() and not force:
+        return target
+    if target.exists() and not (target / MARKER).exists():
+        # A folder without the marker is an earlier interrupted or hand-made copy: never trust it.
+        if force or not any(target.iterdir()):
+            shutil.rmtree(target)
+        else:
+            raise TLCourseError(
+                f"{target} exists but was not completed by tlcourse (interrupted extract?); "
+                "delete it or call fetch(force=True)"
+            )
+
+    source = mirror or data_mirror() or url
+    root.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
+    try:
+        if _is_url(source):
+            archive = workdir / f"{name}.zip.part"
+            _download(source, archive, progress)
+        else:
+            archive = Path(source).expanduser()
+            if not archive.is_file():
+                raise TLCourseError(f"dataset mirror {archive} does not exist; fix TLCOURSE_DATA_MIRROR")
+        _check_archive(archive, source, sha256, name)
+        extracted = workdir / "extract"
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(extracted)
+        staged = extracted / name
+        (staged / MARKER).write_text(f"source={source}\nsha256={_sha256(archive)}\n")
+        if target.exists():  # force=True over a complete copy
+            shutil.rmtree(target)
+        os.replace(staged, target)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return target
+
+
+# --------------------------------------------------------------------------- transforms
+
+def train_transforms(image_size: int = 224, augment: bool = True) -> Callable:
+    """Augmentation for training: random resized crop, horizontal flip, mild rotation."""
+    if not augment:
+        return eval_transforms(image_size)
+    return transforms.Compose([
+        transforms.RandomResizedCrop(image_size, scale=(0.5, 1.0)),
+        transforms.RandomHorizontalFlip(),
+        transforms.RandomRotation(10),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def eval_transforms(image_size: int = 224) -> Callable:
+    """Deterministic evaluation: resize the short side to 256/224 of the crop, centre-crop."""
+    return transforms.Compose([
+        transforms.Resize(round(image_size * 256 / 224)),
+        transforms.CenterCrop(image_size),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+# --------------------------------------------------------------------------- datasets
+
+class ImageFolderRGB(datasets.ImageFolder):
+    """``ImageFolder`` that opens every file as RGB and counts GIFs as images."""
+
+    def __init__(self, root: str | Path, transform: Callable | None = None):
+        super().__init__(str(root), transform=transform, loader=open_rgb, extensions=IMAGE_EXTENSIONS)
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    """``None`` means the course dataset under ``data/``; a path must hold ``train/`` and ``val/``."""
+    if data_dir is None:
+        return data_root() / DATASET_NAME
+    return Path(data_dir)
+
+
+def _subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """A class-balanced, seeded subset of at most ``limit`` images (for smoke runs)."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for index, target in enumerate(dataset.targets):
+        by_class.setdefault(target, []).append(index)
+    per_class = max(1, limit // len(by_class))
+    picked: list[int] = []
+    for indices in by_class.values():
+        order = torch.randperm(len(indices), generator=generator).tolist()
+        picked.extend(indices[i] for i in order[:per_class])
+    return Subset(dataset, sorted(picked))
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    class_names: list[str]
+    data_dir: Path
+    image_size: int
+
+
+def make_loaders(
+    data_dir: str | Path | None = None,
+    *,
+    image_size: int = 224,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    seed: int = 0,
+    augment: bool = True,
+    subset: int | None = None,
+) -> Loaders:
+    """Train and validation loaders over ``data_dir/{train,val}/<class>/*``.
+
+    ``subset`` keeps at most that many images per split (class-balanced) for quick runs.
+    Training batches are shuffled by a generator seeded with ``seed``.
+    """
+    root = resolve_data_dir(data_dir)
+    train_set = ImageFolderRGB(root / "train", transform=train_transforms(image_size, augment))
+    val_set = ImageFolderRGB(root / "val", transform=eval_transforms(image_size))
+    generator = torch.Generator().manual_seed(seed)
+    pin = torch.cuda.is_available()
+    common = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin,
+                  persistent_workers=num_workers > 0)
+    train = DataLoader(_subset(train_set, subset, seed), shuffle=True, generator=generator, **common)
+    val = DataLoader(_subset(val_set, subset, seed), shuffle=False, **common)
+    return Loaders(train, val, list(train_set.classes), root, image_size)
+
+
+# --------------------------------------------------------------------------- summary
+
+@dataclass
+class DatasetSummary:
+    """Images per split and class: the headcount a learner checks before training."""
+
+    root: Path
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        names: list[str] = []
+        for per_class in self.counts.values():
+            names.extend(c for c in per_class if c not in names)
+        return names
+
+    def total(self, split: str | None = None) -> int:
+        splits = [split] if split else list(self.counts)
+        return sum(sum(self.counts[s].values()) for s in splits)
+
+    def rows(self) -> list[tuple[str, str, int]]:
+        return [(s, c, n) for s, per in self.counts.items() for c, n in per.items()]
+
+    def __str__(self) -> str:
+        lines = [f"{'split':<6} {'class':<16} {'images':>6}"]
+        for split, per in self.counts.items():
+            for cls, n in per.items():
+                lines.append(f"{split:<6} {cls:<16} {n:>6}")
+            lines.append(f"{split:<6} {'(total)':<16} {self.total(split):>6}")
+        lines.append(f"classes: {', '.join(self.class_names)}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        body = "".join(f"<tr><td>{s}</td><td>{c}</td><td style='text-align:right'>{n}</td></tr>"
+                       for s, c, n in self.rows())
+        return (f"<table><thead><tr><th>split</th><th>class</th><th>images</th></tr></thead>"
+                f"<tbody>{body}</tbody></table><p>classes: {', '.join(self.class_names)}</p>")
+
+
+def summarize(data_dir: str | Path | None = None, splits: Sequence[str] = SPLITS) -> DatasetSummary:
+    """Count images per split and class folder (files with an image suffix, hidden files skipped)."""
+    from .images import is_image_file
+
+    root = resolve_data_dir(data_dir)
+    summary = DatasetSummary(root)
+    for split in splits:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            continue
+        summary.counts[split] = {
+            cls.name: sum(1 for f in cls.rglob("*") if f.is_file() and is_image_file(f))
+            for cls in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        }
+    return summary

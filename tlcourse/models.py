@@ -1,0 +1,211 @@
+"""Build a torchvision backbone with a new head, from torchvision's weights API or a local file.
+
+``build_model("resnet18", num_classes=2, weights="DEFAULT")`` is what the notebooks call.
+Weights are always loaded into the original 1000-class model first, and the head is replaced
+afterwards, exactly as one would do by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from . import TLCourseError
+from .settings import weights_dir
+
+#: Architectures the course supports, and the attribute holding each one's classifier head.
+ARCHS: dict[str, str] = {
+    "resnet18": "fc",
+    "resnet34": "fc",
+    "resnet50": "fc",
+    "mobilenet_v2": "classifier",
+}
+HEADS = ("linear", "binary", "mlp")
+
+
+def check_arch(arch: str) -> str:
+    if arch not in ARCHS:
+        raise TLCourseError(f"arch={arch!r} is not supported; choose one of {', '.join(ARCHS)}")
+    return arch
+
+
+def head_name(model_or_arch: nn.Module | str) -> str:
+    """Name of the classifier attribute: ``fc`` on ResNets, ``classifier`` on MobileNetV2."""
+    if isinstance(model_or_arch, str):
+        return ARCHS[check_arch(model_or_arch)]
+    return "fc" if hasattr(model_or_arch, "fc") else "classifier"
+
+
+def head_in_features(model: nn.Module) -> int:
+    head = getattr(model, head_name(model))
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)] if not isinstance(head, nn.Linear) else [head]
+    return linears[0].in_features
+
+
+# --------------------------------------------------------------------------- weights
+
+def weights_enum(arch: str, name: str):
+    """torchvision's weights enum member for ``arch``, e.g. ``ResNet18_Weights.IMAGENET1K_V1``."""
+    enum = tvm.get_model_weights(check_arch(arch))
+    try:
+        return enum[name] if name != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        choices = ", ".join(["DEFAULT", *enum.__members__])
+        raise TLCourseError(f"weights={name!r} is not a {enum.__name__} name; choose one of {choices}") from None
+
+
+def weights_cache_path(arch: str, name: str = "DEFAULT") -> Path:
+    """Where torch hub keeps the downloaded file (``$TORCH_HOME/hub/checkpoints/<file>``)."""
+    url = weights_enum(arch, name).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise TLCourseError(f"weights file {path} does not exist; check the path (or use weights=None)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, a full-model pickle, not a torch file at all
+        raise TLCourseError(
+            f"weights file {path} could not be read as a state_dict ({type(exc).__name__}); "
+            "it must be a file saved with torch.save(model.state_dict(), ...)"
+        ) from exc
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state"):  # checkpoint dicts nest the weights
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise TLCourseError(f"weights file {path} holds no state_dict of tensors")
+    return obj
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path, arch: str) -> list[str]:
+    """Load a local state_dict into ``model`` (still carrying its ImageNet head).
+
+    Head tensors may be missing or have another shape (a backbone-only file, or one saved
+    after fine-tuning); every backbone tensor must match. Returns the keys left at init.
+    """
+    path = Path(path)
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    head = head_name(arch) + "."
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in usable]
+    backbone_missing = [k for k in missing if not k.startswith(head)]
+    if backbone_missing:
+        raise TLCourseError(
+            f"weights file {path} does not match arch={arch!r}: {len(backbone_missing)} of "
+            f"{sum(not k.startswith(head) for k in own)} backbone tensors are missing or differ "
+            f"(first: {backbone_missing[0]}); use a file saved from {arch}"
+        )
+    model.load_state_dict(usable, strict=False)
+    return missing
+
+
+def _load_named_weights(arch: str, name: str) -> nn.Module:
+    member = weights_enum(arch, name)
+    filename = os.path.basename(member.url)
+    local_dir = weights_dir()
+    if local_dir is not None and (local_dir / filename).is_file():
+        model = tvm.get_model(arch, weights=None)
+        load_backbone_weights(model, local_dir / filename, arch)
+        return model
+    try:
+        return tvm.get_model(arch, weights=member)
+    except OSError as exc:  # URLError / no network / proxy refusals
+        cache = weights_cache_path(arch, name)
+        raise TLCourseError(
+            f"could not download {arch} weights {member} ({filename}): {exc}. Offline? put "
+            f"{filename} in {cache.parent} (the torch hub cache), or in TLCOURSE_WEIGHTS_DIR, "
+            f"or pass weights='path/to/file.pth' (or weights=None for random init)"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- heads
+
+def make_head(in_features: int, num_classes: int, head: str = "linear", *,
+              hidden: int = 256, dropout: float = 0.4) -> nn.Module:
+    """A new classifier head.
+
+    * ``linear``: ``Linear(in, num_classes)``, for ``CrossEntropyLoss``.
+    * ``binary``: a single logit, for ``BCEWithLogitsLoss`` (two classes only).
+    * ``mlp``: ``Linear(in, hidden) → ReLU → Dropout → Linear(hidden, num_classes)``.
+
+    No softmax/log-softmax layer: the losses take raw logits, which is numerically safer.
+    """
+    if head not in HEADS:
+        raise TLCourseError(f"head={head!r} is not supported; choose one of {', '.join(HEADS)}")
+    if num_classes < 2:
+        raise TLCourseError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
+    if head == "binary":
+        if num_classes != 2:
+            raise TLCourseError(f"head='binary' is a single logit for 2 classes, not {num_classes}; use head='linear'")
+        return nn.Linear(in_features, 1)
+    if head == "mlp":
+        return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+                             nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+    return nn.Linear(in_features, num_classes)
+
+
+def replace_head(model: nn.Module, num_classes: int, head: str = "linear", **head_kwargs) -> nn.Module:
+    """Swap the ImageNet classifier for a new head; MobileNetV2 keeps its dropout in front."""
+    attr = head_name(model)
+    new = make_head(head_in_features(model), num_classes, head, **head_kwargs)
+    if attr == "classifier" and head != "mlp":
+        new = nn.Sequential(nn.Dropout(0.2), new)
+    setattr(model, attr, new)
+    return model
+
+
+def build_model(
+    arch: str = "resnet18",
+    num_classes: int = 2,
+    weights: str | Path | None = "DEFAULT",
+    head: str = "linear",
+    **head_kwargs,
+) -> nn.Module:
+    """A torchvision ``arch`` with pretrained ``weights`` and a fresh ``head``.
+
+    ``weights``: a torchvision weights name (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...), ``None``
+    for random init, or a path to a local state_dict (offline classrooms).
+    """
+    check_arch(arch)
+    if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "")):
+        model = tvm.get_model(arch, weights=None)
+        source = None
+    elif isinstance(weights, Path) or "/" in str(weights) or str(weights).endswith((".pth", ".pt")):
+        model = tvm.get_model(arch, weights=None)
+        load_backbone_weights(model, Path(weights).expanduser(), arch)
+        source = str(weights)
+    else:
+        model = _load_named_weights(arch, str(weights))
+        source = str(weights)
+    replace_head(model, num_classes, head, **head_kwargs)
+    # A plain dict (not a class) so that full-model pickles do not need extra classes.
+    model.tlcourse_spec = {"arch": arch, "num_classes": num_classes, "head": head, "weights": source}
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(all, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def find_local_weights(arch: str) -> Path | None:
+    """A weights file for ``arch`` in ``TLCOURSE_WEIGHTS_DIR`` (e.g. ``mobilenet_v2_*.pth``), if any.
+
+    Notebooks use this to pick up the offline classroom's backbone without hard-coding paths.
+    """
+    folder = weights_dir()
+    if folder is None or not folder.is_dir():
+        return None
+    matches = sorted(p for p in folder.iterdir()
+                     if p.is_file() and p.name.startswith(arch) and p.suffix in (".pth", ".pt"))
+    return matches[0] if matches else None
