@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 from . import TLCourseError
-from .images import IMAGE_EXTENSIONS, open_rgb
+from .images import is_image_file, open_rgb
 from .settings import HYMENOPTERA_SHA256, HYMENOPTERA_URL, data_mirror, data_root
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -169,7 +169,7 @@ class ImageFolderRGB(datasets.ImageFolder):
     """``ImageFolder`` that opens every file as RGB and counts GIFs as images."""
 
     def __init__(self, root: str | Path, transform: Callable | None = None):
-        super().__init__(str(root), transform=transform, loader=open_rgb, extensions=IMAGE_EXTENSIONS)
+        super().__init__(str(root), transform=transform, loader=open_rgb, is_valid_file=is_image_file)
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
@@ -272,8 +272,6 @@ class DatasetSummary:
 
 def summarize(data_dir: str | Path | None = None, splits: Sequence[str] = SPLITS) -> DatasetSummary:
     """Count images per split and class folder (files with an image suffix, hidden files skipped)."""
-    from .images import is_image_file
-
     root = resolve_data_dir(data_dir)
     summary = DatasetSummary(root)
     for split in splits:

@@ -187,7 +187,8 @@ def build_model(
         source = str(weights)
     replace_head(model, num_classes, head, **head_kwargs)
     # A plain dict (not a class) so that full-model pickles do not need extra classes.
-    model.tlcourse_spec = {"arch": arch, "num_classes": num_classes, "head": head, "weights": source}
+    model.tlcourse_spec = {"arch": arch, "num_classes": num_classes, "head": head, "weights": source,
+                           "head_kwargs": dict(head_kwargs)}
     return model
 
 
