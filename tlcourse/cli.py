@@ -73,9 +73,114 @@ def run_report(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- train
+
+def add_train(sub) -> None:
+    from .freeze import PRESETS
+    from .models import ARCHS, HEADS
+    from .optim import OPTIMIZERS, SCHEDULERS
+
+    p = sub.add_parser("train", help="train (or resume) a transfer-learning run",
+                       description="Options left out take TrainConfig's defaults, or the checkpoint's when resuming.")
+    # default=None everywhere: only options the user typed override the config (or a resumed run's).
+    a = p.add_argument
+    a("--data-dir", default=None, help="ImageFolder root with train/ and val/ (default: data/hymenoptera_data)")
+    a("--arch", default=None, choices=list(ARCHS))
+    a("--weights", default=None, help="DEFAULT, IMAGENET1K_V1, none, or a local .pth file")
+    a("--head", default=None, choices=HEADS)
+    a("--dropout", type=float, default=None, help="dropout of the mlp head")
+    a("--freeze", default=None, choices=PRESETS, help="head (feature extraction), last_stage (layer4+fc), all")
+    a("--epochs", type=_positive_int, default=None)
+    a("--batch-size", type=_positive_int, default=None)
+    a("--lr", type=_positive_float, default=None)
+    a("--head-lr-mult", type=_positive_float, default=None, help="learning-rate multiplier for the new head")
+    a("--weight-decay", type=float, default=None)
+    a("--optimizer", default=None, choices=OPTIMIZERS)
+    a("--scheduler", default=None, choices=SCHEDULERS)
+    a("--image-size", type=_positive_int, default=None)
+    a("--no-augment", dest="augment", action="store_const", const=False, default=None,
+      help="train on evaluation transforms (no random crops/flips)")
+    a("--seed", type=int, default=None)
+    a("--num-workers", type=int, default=None)
+    a("--device", default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    a("--amp", action="store_const", const=True, default=None, help="mixed precision (autocast)")
+    a("--channels-last", action="store_const", const=True, default=None)
+    a("--subset", type=_positive_int, default=None, help="at most N images per split (quick runs)")
+    a("--max-batches", type=_positive_int, default=None, help="at most N batches per epoch (quick runs)")
+    a("--run-name", default=None, help="run folder prefix (default: <arch>_<freeze>)")
+    a("--output-dir", default=None, help="where run folders go (default: checkpoints/)")
+    a("--progress", default=None, choices=["auto", "bar", "epoch", "none"])
+    a("--resume", default=None, metavar="CHECKPOINT", help="continue a run from its latest.pt")
+    a("--print-model", action="store_true", help="print the pretrained model and the transfer version, then train")
+    p.set_defaults(run=run_train)
+
+
+_NOT_CONFIG = {"command", "run", "resume", "print_model"}
+
+
+def run_train(args) -> int:
+    from .engine import TrainConfig, train
+
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in _NOT_CONFIG}
+    if isinstance(overrides.get("weights"), str) and overrides["weights"].lower() == "none":
+        overrides["weights"] = None
+    if args.print_model:
+        _print_models(TrainConfig(**{k: v for k, v in overrides.items() if k in ("arch", "head")}))
+    result = train(resume=args.resume, **overrides)
+    print(result.summary())
+    for name in ("best_acc", "best_loss", "latest"):
+        print(f"{name}: {result.run_dir / (name + '.pt')}")
+    return 0
+
+
+def _print_models(cfg) -> None:
+    from torchvision import models as tvm
+
+    from .models import replace_head
+
+    base = tvm.get_model(cfg.arch, weights=None)
+    print(f"--- {cfg.arch} as published (ImageNet head) ---\n{base}")
+    print(f"--- after replacing the head ({cfg.head}) ---\n{replace_head(base, 2, cfg.head)}")
+
+
+# --------------------------------------------------------------------------- predict
+
+def add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="top-k predictions for an image, a folder or a random sample")
+    p.add_argument("--image", required=True, help="an image file, or a folder of images")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint such as checkpoints/<run>/best_acc.pt")
+    p.add_argument("--topk", type=_positive_int, default=2)
+    p.add_argument("--random", type=int, choices=[0, 1], default=0, help="1: pick --n random images under --image")
+    p.add_argument("--n", type=_positive_int, default=5)
+    p.add_argument("--seed", type=int, default=None, help="seed for --random 1")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=run_predict)
+
+
+def run_predict(args) -> int:
+    from pathlib import Path
+
+    from .predict import Predictor, accuracy, format_predictions
+
+    predictor = Predictor(args.checkpoint, device=args.device)
+    target = Path(args.image)
+    if args.random:
+        preds = predictor.predict_random(target, n=args.n, topk=args.topk, seed=args.seed)
+    elif target.is_dir():
+        preds = predictor.predict_folder(target, topk=args.topk, batch_size=args.batch_size)
+    else:
+        preds = [predictor.predict_image(target, topk=args.topk)]
+    print(format_predictions(preds))
+    acc = accuracy(preds)
+    if len(preds) > 1 and acc is not None:
+        print(f"\n{len(preds)} images, accuracy against folder names: {acc:.4f}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
-COMMANDS = [add_data, add_report]
+COMMANDS = [add_data, add_report, add_train, add_predict]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,215 @@
+"""Run folders and checkpoints: atomic saves, safe loads, and the three ways to save a model.
+
+A checkpoint is a plain dict of tensors and simple values, so ``torch.load(weights_only=True)``
+(the safe loader, PyTorch's default since 2.6) can read it: it cannot run code from the file.
+The full-model pickle (``torch.save(model)``) is kept only as the course's "brittle" example and
+needs an explicit ``trust=True`` to load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from . import TLCourseError, __version__
+from .settings import checkpoints_root
+
+FORMAT = "tlcourse-checkpoint"
+FORMAT_VERSION = 1
+CHECKPOINT_FILES = ("latest.pt", "best_acc.pt", "best_loss.pt")
+
+
+# --------------------------------------------------------------------------- run folders
+
+def new_run_dir(run_name: str, root: str | Path | None = None, *, now: datetime | None = None) -> Path:
+    """Create ``<root>/<run_name>_<YYYYmmdd-HHMMSS>/``; never reuse an existing folder.
+
+    If two runs start in the same second the second gets a ``-2`` suffix: an earlier run is
+    never overwritten silently.
+    """
+    root = Path(root) if root is not None else checkpoints_root()
+    if not run_name or any(c in run_name for c in "/\\") or run_name.startswith("."):
+        raise TLCourseError(f"run_name={run_name!r} must be a plain folder name such as 'resnet18_head'")
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        suffix = "" if attempt == 1 else f"-{attempt}"
+        path = root / f"{run_name}_{stamp}{suffix}"
+        try:
+            path.mkdir()  # atomic: fails if another run already created it
+            return path
+        except FileExistsError:
+            continue
+    raise TLCourseError(f"could not create a new run folder for {run_name!r} in {root}")
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it over.
+
+    A crash or exception mid-write leaves the previous ``path`` untouched and no temp file.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
+    return atomic_write(path, lambda fh: torch.save(checkpoint, fh))
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    return atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=2, default=str).encode()))
+
+
+# --------------------------------------------------------------------------- building checkpoints
+
+def versions() -> dict[str, str]:
+    # str(): torch.__version__ is a TorchVersion object, which the safe loader does not accept.
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "tlcourse": __version__}
+
+
+def make_checkpoint(model: nn.Module, *, epoch: int, class_names: list[str], spec: dict, freeze: str,
+                    image_size: int, mean, std, metrics: dict, optimizer=None, scheduler=None,
+                    history: list | None = None, best: dict | None = None, config: dict | None = None,
+                    rng: dict | None = None) -> dict:
+    """Everything needed to rebuild the model for inference, and to resume training."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": epoch,
+        "class_names": list(class_names),
+        "arch": spec["arch"],
+        "head": spec["head"],
+        "head_kwargs": dict(spec.get("head_kwargs") or {}),
+        "num_classes": spec["num_classes"],
+        "weights": spec.get("weights"),
+        "freeze": freeze,
+        "image_size": image_size,
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "metrics": dict(metrics),
+        "best": dict(best or {}),
+        "history": list(history or []),
+        "config": dict(config or {}),
+        "rng": rng or {},
+        "versions": versions(),
+    }
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a tlcourse checkpoint dict with the safe loader (``weights_only=True``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise TLCourseError(f"{path} is a folder; pass a file such as {path / 'best_acc.pt'}")
+    if not path.is_file():
+        raise TLCourseError(f"checkpoint {path} does not exist; look in checkpoints/<run>/ for best_acc.pt")
+    if path.stat().st_size == 0:
+        raise TLCourseError(f"checkpoint {path} is empty (0 bytes): it was never fully written; use another checkpoint")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise TLCourseError(
+            f"checkpoint {path} holds Python objects, not just tensors (a full-model pickle, or a file "
+            "that would run code), so the safe loader refused it; if you made it yourself, use "
+            "tlcourse.checkpoints.load_full_model(path, trust=True)"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise TLCourseError(
+            f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}); use another checkpoint "
+            "from the run folder (latest.pt / best_acc.pt / best_loss.pt)"
+        ) from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise TLCourseError(
+                f"{path} is a bare state_dict, not a checkpoint dict; rebuild the model with "
+                "build_model(...) and call model.load_state_dict(torch.load(path, weights_only=True))"
+            )
+        raise TLCourseError(f"{path} is not a tlcourse checkpoint (no 'format': {FORMAT!r} entry)")
+    return obj
+
+
+def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") -> nn.Module:
+    """``load_state_dict`` with a one-line explanation when the architecture does not match."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or mismatched:
+        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} of another shape"
+                  f" (first: {(mismatched or missing or unexpected)[0]}")
+        if mismatched:
+            k = mismatched[0]
+            detail += f" {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        raise TLCourseError(
+            f"{source} does not fit this model: {detail}); build the model with the checkpoint's own "
+            "arch, head and number of classes (model_from_checkpoint does this)"
+        )
+    model.load_state_dict(state)
+    return model
+
+
+def model_from_checkpoint(checkpoint: dict | str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the exact model a checkpoint was trained as (no download needed) in eval mode."""
+    from .models import build_model
+
+    source = str(checkpoint) if not isinstance(checkpoint, dict) else "checkpoint"
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    model = build_model(ckpt["arch"], ckpt["num_classes"], weights=None, head=ckpt["head"],
+                        **ckpt.get("head_kwargs", {}))
+    load_model_state(model, ckpt["model"], source)
+    model.tlcourse_spec["weights"] = ckpt.get("weights")
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------- the other two ways
+
+def save_state_dict(model: nn.Module, path: str | Path) -> Path:
+    """Weights only: the smallest, most portable file; the code must rebuild the architecture."""
+    return atomic_write(path, lambda fh: torch.save(model.state_dict(), fh))
+
+
+def save_full_model(model: nn.Module, path: str | Path) -> Path:
+    """The brittle way: pickles the model object, so loading needs the same classes and code."""
+    return atomic_write(path, lambda fh: torch.save(model, fh))
+
+
+def load_full_model(path: str | Path, *, trust: bool = False, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Unpickle a whole model object. Unpickling can execute arbitrary code, hence ``trust``."""
+    if not trust:
+        raise TLCourseError(
+            f"{path} would be loaded with pickle, which can run arbitrary code; pass trust=True only "
+            "for files you created yourself (prefer state_dicts or checkpoint dicts)"
+        )
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError as exc:
+        raise TLCourseError(f"model file {path} does not exist") from exc
+    except (AttributeError, ModuleNotFoundError) as exc:
+        raise TLCourseError(
+            f"{path} was pickled with code that is not importable here ({exc}); this is why full-model "
+            "pickles are brittle: save a state_dict or checkpoint dict instead"
+        ) from exc
