@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -137,7 +136,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "that would run code), so the safe loader refused it; if you made it yourself, use "
             "tlcourse.checkpoints.load_full_model(path, trust=True)"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # RuntimeError, EOFError, BadZipFile, IndexError...: any damage
         raise TLCourseError(
             f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}); use another checkpoint "
             "from the run folder (latest.pt / best_acc.pt / best_loss.pt)"
