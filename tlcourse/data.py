@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 from . import TLCourseError
-from .images import IMAGE_EXTENSIONS, open_rgb
+from .images import is_image_file, open_rgb
 from .settings import HYMENOPTERA_SHA256, HYMENOPTERA_URL, data_mirror, data_root
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -166,10 +166,21 @@ def eval_transforms(image_size: int = 224) -> Callable:
 # --------------------------------------------------------------------------- datasets
 
 class ImageFolderRGB(datasets.ImageFolder):
-    """``ImageFolder`` that opens every file as RGB and counts GIFs as images."""
+    """``ImageFolder`` that opens every file as RGB and counts GIFs as images.
+
+    Hidden files and folders (``._x.jpg`` from macOS, ``.ipynb_checkpoints``) are skipped, so
+    the loader sees exactly the images that ``summarize`` counts.
+    """
 
     def __init__(self, root: str | Path, transform: Callable | None = None):
-        super().__init__(str(root), transform=transform, loader=open_rgb, extensions=IMAGE_EXTENSIONS)
+        super().__init__(str(root), transform=transform, loader=open_rgb, is_valid_file=is_image_file)
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        classes, _ = super().find_classes(directory)
+        classes = [c for c in classes if not c.startswith(".")]
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {c: i for i, c in enumerate(classes)}
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
