@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -74,11 +75,15 @@ def _check_archive(archive: Path, source: str, sha256: str | None, name: str) ->
             )
     if not zipfile.is_zipfile(archive):
         raise TLCourseError(f"{source}: not a zip archive; point the mirror at {name}.zip")
-    with zipfile.ZipFile(archive) as zf:
-        bad = zf.testzip()
-        if bad is not None:
-            raise TLCourseError(f"{source}: member {bad} is corrupt; fetch the archive again")
-        names = zf.namelist()
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            bad = zf.testzip()
+            names = zf.namelist()
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as exc:
+        # testzip() only reports CRC errors; damaged deflate data or headers raise instead.
+        raise TLCourseError(f"{source}: the archive is corrupt ({exc}); fetch it again") from None
+    if bad is not None:
+        raise TLCourseError(f"{source}: member {bad} is corrupt; fetch the archive again")
     for split in SPLITS:
         if not any(n.startswith(f"{name}/{split}/") for n in names):
             raise TLCourseError(f"{source}: archive has no {name}/{split}/ folder; is it the right dataset?")
