@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -74,11 +75,15 @@ def _check_archive(archive: Path, source: str, sha256: str | None, name: str) ->
             )
     if not zipfile.is_zipfile(archive):
         raise TLCourseError(f"{source}: not a zip archive; point the mirror at {name}.zip")
-    with zipfile.ZipFile(archive) as zf:
-        bad = zf.testzip()
-        if bad is not None:
-            raise TLCourseError(f"{source}: member {bad} is corrupt; fetch the archive again")
-        names = zf.namelist()
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            bad = zf.testzip()
+            names = zf.namelist()
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as exc:
+        # testzip() only reports CRC errors; damaged deflate data or headers raise instead.
+        raise TLCourseError(f"{source}: the archive is corrupt ({exc}); fetch it again") from None
+    if bad is not None:
+        raise TLCourseError(f"{source}: member {bad} is corrupt; fetch the archive again")
     for split in SPLITS:
         if not any(n.startswith(f"{name}/{split}/") for n in names):
             raise TLCourseError(f"{source}: archive has no {name}/{split}/ folder; is it the right dataset?")
@@ -166,10 +171,21 @@ def eval_transforms(image_size: int = 224) -> Callable:
 # --------------------------------------------------------------------------- datasets
 
 class ImageFolderRGB(datasets.ImageFolder):
-    """``ImageFolder`` that opens every file as RGB and counts GIFs as images."""
+    """``ImageFolder`` that opens every file as RGB and counts GIFs as images.
+
+    Hidden files and folders (``._x.jpg`` from macOS, ``.ipynb_checkpoints``) are skipped, so
+    the loader sees exactly the images that ``summarize`` counts.
+    """
 
     def __init__(self, root: str | Path, transform: Callable | None = None):
         super().__init__(str(root), transform=transform, loader=open_rgb, is_valid_file=is_image_file)
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        classes, _ = super().find_classes(directory)
+        classes = [c for c in classes if not c.startswith(".")]
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {c: i for i, c in enumerate(classes)}
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:

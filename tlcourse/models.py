@@ -96,12 +96,17 @@ def load_backbone_weights(model: nn.Module, path: str | Path, arch: str) -> list
     head = head_name(arch) + "."
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in usable]
-    backbone_missing = [k for k in missing if not k.startswith(head)]
-    if backbone_missing:
+    # BatchNorm's num_batches_tracked counter is absent from files saved before PyTorch 0.4.1
+    # (torchvision's own ResNet weights among them); it carries no learned weights.
+    backbone_missing = [k for k in missing if not k.startswith(head) and not k.endswith("num_batches_tracked")]
+    # Extra backbone tensors mean a deeper sibling (resnet34 into resnet18 shares every name).
+    unexpected = [k for k in state if k not in own and not k.startswith(head)]
+    if backbone_missing or unexpected:
+        first = (backbone_missing or unexpected)[0]
         raise TLCourseError(
             f"weights file {path} does not match arch={arch!r}: {len(backbone_missing)} of "
-            f"{sum(not k.startswith(head) for k in own)} backbone tensors are missing or differ "
-            f"(first: {backbone_missing[0]}); use a file saved from {arch}"
+            f"{sum(not k.startswith(head) for k in own)} backbone tensors are missing or differ, "
+            f"{len(unexpected)} are not in {arch} (first: {first}); use a file saved from {arch}"
         )
     model.load_state_dict(usable, strict=False)
     return missing

@@ -34,6 +34,15 @@ def param_groups(
         raise TLCourseError(f"lr={lr} must be > 0 (typical: 1e-3 for a new head, 1e-4 for fine-tuning)")
     head = head_block(model)
     rates = dict(block_lrs or {})
+    # A typo in a block name or a zero rate would otherwise silently train at the wrong rate.
+    known = list(dict.fromkeys(block_of(name) for name, _ in model.named_parameters()))
+    unknown = [b for b in rates if b not in known]
+    if unknown:
+        raise TLCourseError(f"block_lrs names unknown block(s) {', '.join(unknown)}; "
+                            f"this model has {', '.join(known)}")
+    bad = {b: r for b, r in rates.items() if r <= 0}
+    if bad or head_lr_mult <= 0:
+        raise TLCourseError(f"learning rates must be > 0 (head_lr_mult={head_lr_mult}, block_lrs={rates})")
     groups: dict[float, list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
