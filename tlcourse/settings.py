@@ -23,7 +23,7 @@ ENV_CHECKPOINTS_DIR = "TLCOURSE_CHECKPOINTS_DIR"
 def project_root() -> Path:
     """The repository root when running from a checkout, else the current directory."""
     here = Path(__file__).resolve().parent.parent
-    if (here / "pyproject.toml").exists() and (here / "notebooks").is_dir():
+    if (here / "pyproject.toml").exists() and (here / "tlcourse").is_dir():
         return here
     return Path.cwd()
 
