@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 from . import TLCourseError
-from .images import IMAGE_EXTENSIONS, is_image_file, open_rgb  # noqa: F401 (re-exported)
+from .images import is_image_file, open_rgb
 from .checks import DatasetCheck, ImageLoadError, check_dataset, describe_load_error
 from .settings import HYMENOPTERA_SHA256, HYMENOPTERA_URL, data_mirror, data_root
 
@@ -362,8 +362,6 @@ class DatasetSummary:
 
 def summarize(data_dir: str | Path | None = None, splits: Sequence[str] = SPLITS) -> DatasetSummary:
     """Count images per split and class folder (files with an image suffix, hidden files skipped)."""
-    from .images import is_image_file
-
     root = resolve_data_dir(data_dir)
     summary = DatasetSummary(root)
     for split in splits:
