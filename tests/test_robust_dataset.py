@@ -182,26 +182,38 @@ def test_every_problem_is_listed_at_once(tiny_data):
     assert "\n" not in str(info.value)
 
 
-def run_cli(*args):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "tlcourse", "data", *args], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=120)
+def run_cli(*args, capsys):
+    """In-process (importing torch again per subprocess costs seconds on these cores)."""
+    from tlcourse.cli import main
+
+    code = main(["data", *args])
+    return code, capsys.readouterr().out
 
 
-def test_cli_check_exit_codes(tiny_data, tmp_path):
-    good = run_cli("--check", str(tiny_data))
-    assert good.returncode == 0, good.stderr
-    assert "24 images (train 12, val 12), 2 classes (ants, bees); 0 errors" in good.stdout
+def test_cli_check_exit_codes(tiny_data, tmp_path, capsys):
+    code, out = run_cli("--check", str(tiny_data), capsys=capsys)
+    assert code == 0
+    assert "24 images (train 12, val 12), 2 classes (ants, bees); 0 errors" in out
 
     (tiny_data / "val" / "ants" / "img_1.png").write_text("<html>404 Not Found</html>")
     (tiny_data / "train" / "ants" / "notes.txt").write_text("x")
-    bad = run_cli("--check", str(tiny_data))
-    assert bad.returncode == 1
-    assert "error   val/ants/img_1.png: a text file" in bad.stdout
-    assert "warning train/ants/notes.txt" in bad.stdout
+    code, out = run_cli("--check", str(tiny_data), capsys=capsys)
+    assert code == 1
+    assert "error   val/ants/img_1.png: a text file" in out
+    assert "warning train/ants/notes.txt" in out
 
-    structure_only = run_cli("--check", str(tiny_data), "--no-verify-images")
-    assert structure_only.returncode == 0  # the broken image is only found by opening it
+    code, out = run_cli("--check", str(tiny_data), "--no-verify-images", capsys=capsys)
+    assert code == 0  # the broken image is only found by opening it
 
-    missing = run_cli("--check", str(tmp_path / "nope"))
-    assert missing.returncode == 1 and "does not exist" in missing.stdout
+    code, out = run_cli("--check", str(tmp_path / "nope"), capsys=capsys)
+    assert code == 1 and "does not exist" in out
+
+
+def test_cli_check_exit_status_of_the_process(tiny_data):
+    """The real ``python -m tlcourse`` process exits with 1 on errors (one subprocess: torch import)."""
+    shutil.rmtree(tiny_data / "val")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "tlcourse", "data", "--check", str(tiny_data)],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "error   val: missing val/ folder" in result.stdout

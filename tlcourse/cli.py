@@ -41,14 +41,15 @@ def add_data(sub) -> None:
 
 
 def run_data(args) -> int:
-    from .data import fetch, summarize
-
     if args.check is not None:
-        from .checks import check_dataset
+        from .checks import check_dataset  # PIL only: no torch import, so the check starts at once
 
         check = check_dataset(args.check, verify_images=args.verify_images)
         print(check)
         return 0 if check.ok else 1
+
+    from .data import fetch, summarize
+
     path = fetch(args.root, args.mirror, force=args.force)
     print(f"dataset: {path}")
     print(summarize(path))
