@@ -220,6 +220,9 @@ def test_decompression_bomb_error_limit_is_an_error(tiny_data, monkeypatch):
 
 # --------------------------------------------------------------------------- failures during training
 
+# torch's worker shutdown after a worker error logs "Exception in thread QueueFeederThread" and
+# takes ~5 s (a torch DataLoader behaviour, also with persistent_workers=False); see docs/robustness.md.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_bad_file_during_training_is_one_line(tiny_data, num_workers):
     """Without the check (or with a file changed after it), the error still names the file in one line."""
