@@ -196,7 +196,9 @@ def test_decompression_bomb_warning_limit_is_a_warning(tiny_data, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # 40x32 = 1280 px files stay under
     check = check_dataset(tiny_data)
     assert [(p.severity, p.path) for p in check.problems] == [("warning", "train/ants/huge.png")]
-    assert "very large image (64x48" in check.warnings[0].message and "downscale it" in check.warnings[0].message
+    assert "very large image (64x48 = 3,072 px, over PIL's decompression-bomb warning limit of 2,000 px)" \
+        in check.warnings[0].message
+    assert "downscale it" in check.warnings[0].message
     assert check.ok
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -218,9 +218,9 @@ def inspect_image(path: str | Path) -> _ImageReport:
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and width * height > limit:
         report.severity = "warning"
-        report.message = (f"very large image ({width}x{height} = {width * height / 1e6:.0f} Mpx, over PIL's "
-                          f"decompression-bomb warning limit of {limit / 1e6:.0f} Mpx); it loads, but slowly "
-                          "and with much memory on every epoch; downscale it")
+        report.message = (f"very large image ({width}x{height} = {width * height:,} px, over PIL's "
+                          f"decompression-bomb warning limit of {limit:,} px); it loads, but slowly and with "
+                          "much memory on every epoch; downscale it")
     return report
 
 

@@ -297,7 +297,7 @@ def make_loaders(
     if bad_images == "skip":
         check.raise_if_errors(include_bad_images=False)
     else:
-        check.raise_if_errors("; fix or delete the file, or pass bad_images='skip' to leave bad images out"
+        check.raise_if_errors("; or pass bad_images='skip' to leave unreadable images out"
                               if check.bad_files else "")
     train_set = ImageFolderRGB(root / "train", transform=train_transforms(image_size, augment))
     val_set = ImageFolderRGB(root / "val", transform=eval_transforms(image_size))
