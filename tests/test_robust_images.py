@@ -257,3 +257,23 @@ def test_worker_message_is_reduced_to_the_original_line():
                "tlcourse.checks.ImageLoadError: /data/a.jpg: empty file (0 bytes); delete it\n")
     assert str(ImageLoadError(wrapped)) == "/data/a.jpg: empty file (0 bytes); delete it"
     assert str(ImageLoadError("plain message")) == "plain message"
+
+
+# --------------------------------------------------------------------------- cache and real data
+
+def test_cache_never_hides_a_changed_file(tiny_data):
+    assert check_dataset(tiny_data).ok
+    target = tiny_data / "train" / "bees" / "img_2.png"
+    target.write_bytes(target.read_bytes()[:50])  # changed after a clean check
+    check = check_dataset(tiny_data)
+    assert check.bad_files == ["train/bees/img_2.png"]
+    assert check_dataset(tiny_data, use_cache=False).bad_files == ["train/bees/img_2.png"]
+
+
+@pytest.mark.slow
+def test_course_dataset_passes_the_check(hymenoptera_dir):
+    check = check_dataset(hymenoptera_dir, use_cache=False)
+    assert check.ok and not check.warnings, str(check)
+    assert {s: sum(c.values()) for s, c in check.counts.items()} == {"train": 245, "val": 153}
+    assert check.images_verified == 398
+    assert check.modes["P"] == 1  # train/ants/imageNotFound.gif, converted on load

@@ -200,9 +200,29 @@ class _ImageReport:
     message: str | None = None
 
 
-def inspect_image(path: str | Path) -> _ImageReport:
+#: Reports of files already opened in this process, keyed by what would change if the file (or
+#: PIL's pixel limit) changed: a notebook that builds its loaders several times pays once.
+_VERIFIED: dict[tuple, _ImageReport] = {}
+_VERIFIED_MAX = 200_000
+
+
+def inspect_image(path: str | Path, *, use_cache: bool = True) -> _ImageReport:
     """Open ``path`` as training will; report its source mode and any problem."""
     path = Path(path)
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, Image.MAX_IMAGE_PIXELS)
+    except OSError:
+        key = None
+    if use_cache and key in _VERIFIED:
+        return _VERIFIED[key]
+    report = _inspect_image(path)
+    if key is not None and len(_VERIFIED) < _VERIFIED_MAX:
+        _VERIFIED[key] = report
+    return report
+
+
+def _inspect_image(path: Path) -> _ImageReport:
     report = _ImageReport()
     try:
         if path.stat().st_size == 0:
@@ -300,11 +320,13 @@ def _check_split(root: Path, split: str, check: DatasetCheck) -> dict[str, list[
 
 
 def check_dataset(data_dir: str | Path, *, verify_images: bool = True,
-                  workers: int | None = None) -> DatasetCheck:
+                  workers: int | None = None, use_cache: bool = True) -> DatasetCheck:
     """List every problem of ``data_dir/{train,val}/<class>/*`` (see the module docstring).
 
     ``verify_images=False`` checks only the folder structure (milliseconds); ``True`` also
-    decodes every image, in ``workers`` threads (PIL releases the GIL while decoding).
+    decodes every image, in ``workers`` threads (PIL releases the GIL while decoding). Files
+    unchanged (same size, mtime and inode) since an earlier check in this process are not
+    decoded again unless ``use_cache=False``.
     """
     start = time.perf_counter()
     root = Path(data_dir).expanduser()
@@ -339,7 +361,7 @@ def check_dataset(data_dir: str | Path, *, verify_images: bool = True,
             # Reported as a problem instead; PIL would also print it once per process.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                reports = list(pool.map(inspect_image, files))
+                reports = list(pool.map(lambda f: inspect_image(f, use_cache=use_cache), files))
         for path, report in zip(files, reports):
             if report.mode:
                 check.modes[report.mode] += 1
