@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tlcourse.models import build_model
 from tlcourse.widgets import FreezePanel
 
