@@ -68,5 +68,6 @@ def test_panel_renders_headless(model):
     panel = FreezePanel(model, preset="head")
     text = repr(panel)
     assert "preset='head'" in text and "trainable 1,026" in text
-    bundle = panel.widget._repr_mimebundle_()  # what a headless kernel sends: a text fallback
-    assert "text/plain" in bundle
+    bundle = panel._repr_mimebundle_()  # the live widget for Jupyter plus a text fallback
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"] == text

@@ -249,7 +249,7 @@ def _failure_line(name: str, exc: Exception) -> str:
     if isinstance(exc, PapermillExecutionError):
         first = next((ln for ln in exc.source.splitlines() if ln.strip() and not ln.startswith("#")), "")
         evalue = str(exc.evalue).strip().splitlines()[0] if str(exc.evalue).strip() else ""
-        return f"{name}: cell [{exc.exec_count}] `{first.strip()[:60]}` raised {exc.ename}: {evalue[:200]}"
+        return f"{name}: In [{exc.exec_count}] `{first.strip()[:60]}` raised {exc.ename}: {evalue[:200]}"
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{name}: {type(exc).__name__}: {message[:200]}"
 
@@ -325,17 +325,23 @@ def clean_notebook(nb) -> "object":
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     for key in ("papermill", "widgets"):
         nb.metadata.pop(key, None)
+    nb.metadata.get("language_info", {}).pop("version", None)  # the author's Python, not the lesson's
+    counter = 0
     for cell in nb.cells:
         for key in ("papermill", "execution", "ExecuteTime"):
             cell.metadata.pop(key, None)
+        if cell.metadata.get("tags") == []:
+            del cell.metadata["tags"]
         if cell.cell_type != "code":
             continue
         keep = CHECK_MARKER in cell.source
         cell.outputs = [o for o in cell.outputs if o.get("output_type") in ("stream", "execute_result")] if keep else []
-        cell.execution_count = None
+        # nbval treats a cell without a count as unrun: number cells as one top-to-bottom run does.
+        counter += 1
+        cell.execution_count = counter if cell.outputs else None
         for out in cell.outputs:
             if "execution_count" in out:
-                out["execution_count"] = None
+                out["execution_count"] = counter
             text = out.get("text", "") + "".join(str(v) for v in out.get("data", {}).values())
             if _MACHINE_PATH.search(text):
                 raise TLCourseError(f"a stored output contains a machine path ({_MACHINE_PATH.search(text).group(0)}); "

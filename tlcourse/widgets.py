@@ -104,10 +104,13 @@ class FreezePanel:
     def display(self) -> None:
         from IPython.display import display
 
-        display(self.widget)
+        display(self)
 
-    def _ipython_display_(self) -> None:
-        self.display()
+    def _repr_mimebundle_(self, **kwargs):
+        """The live widget for Jupyter, and the text report for headless runs and terminals."""
+        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
+        bundle["text/plain"] = repr(self)
+        return bundle
 
     def __repr__(self) -> str:  # what a terminal (or a headless log) sees
         return f"FreezePanel(blocks={self.selected()}, preset={self.preset.value!r})\n{self.report}"
