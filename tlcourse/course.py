@@ -247,7 +247,12 @@ def _failure_line(name: str, exc: Exception) -> str:
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(exc, PapermillExecutionError):
-        first = next((ln for ln in exc.source.splitlines() if ln.strip() and not ln.startswith("#")), "")
+        # The line IPython marks with ---> in the notebook's own cell, else the cell's first line.
+        plain = [re.sub(r"\x1b\[[0-9;]*m", "", t) for t in exc.traceback or []]
+        cell_frame = next((t for t in plain if t.lstrip().startswith("Cell In[")), "")
+        marked = [m.group(1).strip() for m in re.finditer(r"-+>\s*\d+\s+(.*)", cell_frame)]
+        first = marked[0] if marked else next(
+            (ln for ln in exc.source.splitlines() if ln.strip() and not ln.startswith("#")), "")
         evalue = str(exc.evalue).strip().splitlines()[0] if str(exc.evalue).strip() else ""
         return f"{name}: In [{exc.exec_count}] `{first.strip()[:60]}` raised {exc.ename}: {evalue[:200]}"
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
