@@ -6,6 +6,7 @@ plain (nbval) runs, and the runner's smoke mode passes ``weights=None``. See not
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -33,10 +34,15 @@ def _env(**extra) -> dict:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_follows_the_course_rules(path):
     nb = nbformat.read(path, as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "python3", "the runner and nbval use the python3 kernel"
     assert nb.cells[0].cell_type == "markdown" and "learning goal" in nb.cells[0].source.lower()
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
     declared = declared_parameters(path)
+    assigned = [t.id for node in ast.parse(tagged[0].source).body if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name)]
+    # papermill skips lines it cannot parse (e.g. `x = a == b`): such a parameter could never be set
+    assert sorted(declared) == sorted(assigned), f"papermill sees {sorted(declared)}, the cell assigns {sorted(assigned)}"
     if "weights" in declared:
         assert ENV_WEIGHTS in declared["weights"], "weights default must read TLCOURSE_WEIGHTS (nbval runs offline)"
     if "smoke" in declared:
@@ -107,3 +113,34 @@ def test_nbval_on_committed_notebooks(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(**{ENV_WEIGHTS: "none", ENV_SMOKE: "1"}),
                           capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def _training_like_notebook(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        'import os\narch = "resnet18"\nweights = os.environ.get("TLCOURSE_WEIGHTS", "DEFAULT")\n'
+        'smoke = os.environ.get("TLCOURSE_SMOKE", "0") in ("1", "true")\nepochs = 10\nlr = 1e-3',
+        metadata={"tags": ["parameters"]})])
+    nb.metadata["tlcourse"] = {"offline_arch": "mobilenet_v2"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_offline_plan_for_a_notebook_that_supports_mobilenet(tmp_path, monkeypatch):
+    source = _training_like_notebook(tmp_path / "03_train.ipynb")
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    monkeypatch.setenv("TLCOURSE_WEIGHTS_DIR", str(weights_dir))
+    # no local backbone: random init, in smoke mode (only declared parameters are passed)
+    (job,) = plan([source], weights_available=False)
+    assert job.parameters == {"arch": "mobilenet_v2", "weights": None, "smoke": True, "epochs": 1}
+    # a local backbone: the real (non-smoke) run with it
+    (weights_dir / "mobilenet_v2_imagenet_backbone.pth").write_bytes(b"")
+    (job,) = plan([source], weights_available=False)
+    assert job.parameters == {"arch": "mobilenet_v2", "weights": str(weights_dir / "mobilenet_v2_imagenet_backbone.pth")}
+    assert job.weights == "mobilenet_v2 mobilenet_v2_imagenet_backbone.pth"
+    # ResNet-18 weights found in TLCOURSE_WEIGHTS_DIR: passed as a file; explicit -p weights wins
+    (job,) = plan([source], default_weights=str(weights_dir / "resnet18-f37072fd.pth"))
+    assert job.parameters == {"weights": str(weights_dir / "resnet18-f37072fd.pth")}
+    (job,) = plan([source], weights_available=False, overrides={"weights": "IMAGENET1K_V1", "lr": 0.01})
+    assert job.parameters == {"weights": "IMAGENET1K_V1", "lr": 0.01} and job.weights == "resnet18 IMAGENET1K_V1"
