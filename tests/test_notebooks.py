@@ -1,0 +1,146 @@
+"""The course notebooks: structure rules, a smoke run through the course runner, and nbval.
+
+Everything here runs offline: the tests set ``TLCOURSE_WEIGHTS=none`` / ``TLCOURSE_SMOKE=1`` for
+plain (nbval) runs, and the runner's smoke mode passes ``weights=None``. See notebooks/README.md.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tlcourse.course import (CHECK_MARKER, ENV_SMOKE, ENV_WEIGHTS, Job, declared_parameters, find_notebooks,
+                             kernel_command, plan, read_key_result, run_course, run_notebook)
+
+pytestmark = pytest.mark.notebooks
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = find_notebooks(ROOT / "notebooks")
+IDS = [p.stem for p in NOTEBOOKS]
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_follows_the_course_rules(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "python3", "the runner and nbval use the python3 kernel"
+    assert nb.cells[0].cell_type == "markdown" and "learning goal" in nb.cells[0].source.lower()
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    declared = declared_parameters(path)
+    assigned = [t.id for node in ast.parse(tagged[0].source).body if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name)]
+    # papermill skips lines it cannot parse (e.g. `x = a == b`): such a parameter could never be set
+    assert sorted(declared) == sorted(assigned), f"papermill sees {sorted(declared)}, the cell assigns {sorted(assigned)}"
+    if "weights" in declared:
+        assert ENV_WEIGHTS in declared["weights"], "weights default must read TLCOURSE_WEIGHTS (nbval runs offline)"
+    if "smoke" in declared:
+        assert ENV_SMOKE in declared["smoke"], "smoke default must read TLCOURSE_SMOKE"
+    assert any("key-result" in c.metadata.get("tags", []) for c in nb.cells), "a cell tagged 'key-result'"
+    assert "tlcourse" in "".join(c.source for c in nb.cells if c.cell_type == "code")
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if CHECK_MARKER not in cell.source:
+            assert not cell.outputs, f"only {CHECK_MARKER} cells keep outputs: {cell.source[:60]!r}"
+        for out in cell.outputs:
+            assert out.output_type != "error" and out.get("name") != "stderr"
+            text = out.get("text", "") + str(out.get("data", ""))
+            for forbidden in ("/work/", "/tmp/", "/root/", "/home/"):
+                assert forbidden not in text
+
+
+def test_kernel_runs_this_interpreter(tmp_path):
+    assert Path(kernel_command()[0]).resolve() == Path(sys.executable).resolve()
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import sys, tlcourse\nfrom tlcourse.course import key_result\n"
+                                  "key_result(f'{sys.executable}|{tlcourse.__file__}|{x}')",
+                                  metadata={"tags": ["key-result"]}),
+        nbformat.v4.new_code_cell("raise ValueError('boom')"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    source = tmp_path / "99_probe.ipynb"
+    nbformat.write(nb, source)
+    result = run_notebook(Job(source, {"x": 7}, "-"), tmp_path / "out")
+    # the failing cell is named in one line (In [N] as in the executed copy, after the injected parameters)
+    assert result.status == "FAILED"
+    assert "99_probe: In [4] `raise ValueError('boom')` raised ValueError: boom" == result.error
+    executable, package, x = read_key_result(result.output).split("|")
+    assert Path(executable).resolve() == Path(sys.executable).resolve()
+    assert Path(package).resolve() == (ROOT / "tlcourse" / "__init__.py").resolve() and x == "7"
+
+
+def test_offline_plan_uses_random_init_for_structure_notebooks():
+    jobs = plan(NOTEBOOKS, weights_available=False)
+    for job in jobs:
+        if "weights" in declared_parameters(job.path) and "offline_arch" not in nbformat.read(job.path, 4).metadata.get("tlcourse", {}):
+            assert job.parameters["weights"] is None and "none" in job.weights
+    online = plan(NOTEBOOKS[:1], weights_available=True, overrides={"num_classes": 3, "unknown": 1})
+    assert online[0].parameters == {"weights": "DEFAULT", "num_classes": 3}
+
+
+def test_smoke_run_of_every_notebook(tmp_path):
+    lines = []
+    results = run_course(folder=ROOT / "notebooks", output=tmp_path, smoke=True, echo=lines.append)
+    failed = [r.error for r in results if r.status != "ok"]
+    assert not failed, failed
+    assert [r.name for r in results] == IDS
+    assert all(r.key_result for r in results), "every notebook prints a key result"
+    assert any(line.startswith(f"[{len(IDS)}/{len(IDS)}]") for line in lines)
+    assert (tmp_path / NOTEBOOKS[0].name).is_file()
+    by_name = {r.name: r for r in results}
+    if "01_model_structure" in by_name:
+        assert "11,689,512" in by_name["01_model_structure"].key_result
+    if "02_trainable_layers" in by_name:
+        assert "head 1,026 / last_stage 8,394,754 / all 11,177,538" in by_name["02_trainable_layers"].key_result
+
+
+def test_nbval_on_committed_notebooks(tmp_path):
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
+           "--rootdir", str(tmp_path), *map(str, NOTEBOOKS)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(**{ENV_WEIGHTS: "none", ENV_SMOKE: "1"}),
+                          capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def _training_like_notebook(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        'import os\narch = "resnet18"\nweights = os.environ.get("TLCOURSE_WEIGHTS", "DEFAULT")\n'
+        'smoke = os.environ.get("TLCOURSE_SMOKE", "0") in ("1", "true")\nepochs = 10\nlr = 1e-3',
+        metadata={"tags": ["parameters"]})])
+    nb.metadata["tlcourse"] = {"offline_arch": "mobilenet_v2"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_offline_plan_for_a_notebook_that_supports_mobilenet(tmp_path, monkeypatch):
+    source = _training_like_notebook(tmp_path / "03_train.ipynb")
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    monkeypatch.setenv("TLCOURSE_WEIGHTS_DIR", str(weights_dir))
+    # no local backbone: random init, in smoke mode (only declared parameters are passed)
+    (job,) = plan([source], weights_available=False)
+    assert job.parameters == {"arch": "mobilenet_v2", "weights": None, "smoke": True, "epochs": 1}
+    # a local backbone: the real (non-smoke) run with it
+    (weights_dir / "mobilenet_v2_imagenet_backbone.pth").write_bytes(b"")
+    (job,) = plan([source], weights_available=False)
+    assert job.parameters == {"arch": "mobilenet_v2", "weights": str(weights_dir / "mobilenet_v2_imagenet_backbone.pth")}
+    assert job.weights == "mobilenet_v2 mobilenet_v2_imagenet_backbone.pth"
+    # ResNet-18 weights found in TLCOURSE_WEIGHTS_DIR: passed as a file; explicit -p weights wins
+    (job,) = plan([source], default_weights=str(weights_dir / "resnet18-f37072fd.pth"))
+    assert job.parameters == {"weights": str(weights_dir / "resnet18-f37072fd.pth")}
+    (job,) = plan([source], weights_available=False, overrides={"weights": "IMAGENET1K_V1", "lr": 0.01})
+    assert job.parameters == {"weights": "IMAGENET1K_V1", "lr": 0.01} and job.weights == "resnet18 IMAGENET1K_V1"

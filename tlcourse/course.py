@@ -1,0 +1,381 @@
+"""Run the course headless: every ``notebooks/NN_*.ipynb`` in order, executed with papermill.
+
+``python -m tlcourse course`` writes the executed copies to ``notebooks/executed/`` (sources stay
+untouched), prints one progress line per notebook and a summary table (notebook, status, time,
+weights, key result). Kernels start in the ``notebooks/`` folder, like JupyterLab and nbval, and
+run the same Python interpreter and the same ``tlcourse`` as the runner.
+
+A notebook publishes its key result by calling ``key_result("...")`` in a cell tagged
+``key-result``; the runner reads that line back from the executed notebook.
+
+Offline, when the ResNet-18 ImageNet weights can't be obtained, the runner says so once and
+runs with ``weights=None`` (structure notebooks) or with the notebook's declared offline
+architecture (``metadata.tlcourse.offline_arch``) and its local weights file.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import TLCourseError
+from .settings import ENV_WEIGHTS_DIR, project_root, weights_dir
+
+NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+KERNEL_NAME = "python3"
+KEY_RESULT_PREFIX = "KEY RESULT: "
+#: Output cells that nbval compares with the stored output carry this marker; only they keep outputs in git.
+CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
+#: Parameters of a fast smoke run; each notebook receives only the ones its parameters cell declares.
+SMOKE_PARAMETERS = {
+    "weights": None, "smoke": True, "epochs": 1, "max_batches": 2, "subset": 32,
+    "batch_size": 8, "image_size": 64, "num_workers": 0,
+}
+#: Environment variables a parameters cell reads for its default, so a plain run (nbval,
+#: JupyterLab) can be made offline-safe and fast without papermill: see notebooks/README.md.
+ENV_WEIGHTS = "TLCOURSE_WEIGHTS"
+ENV_SMOKE = "TLCOURSE_SMOKE"
+_MACHINE_PATH = re.compile(r"(/work/|/tmp/|/root/|/home/|/Users/|[A-Za-z]:\\\\)")
+
+
+def key_result(text: str) -> None:
+    """Print the notebook's key result in the line format the course runner looks for."""
+    print(f"{KEY_RESULT_PREFIX}{text}")
+
+
+def notebooks_dir() -> Path:
+    return project_root() / "notebooks"
+
+
+def find_notebooks(folder: str | Path | None = None, only: list[str] | None = None) -> list[Path]:
+    """Numbered notebooks in order; ``only=["03"]`` (numbers or name prefixes) selects some."""
+    folder = Path(folder) if folder else notebooks_dir()
+    paths = sorted(folder.glob(NOTEBOOK_GLOB))
+    if only:
+        paths = [p for p in paths if any(p.name.startswith(o) for o in only)]
+        if not paths:
+            raise TLCourseError(f"--only {' '.join(only)} matches no notebook in {folder}")
+    if not paths:
+        raise TLCourseError(f"no notebooks matching {NOTEBOOK_GLOB} in {folder}")
+    return paths
+
+
+def declared_parameters(path: Path) -> dict[str, str]:
+    """``{name: default as written}`` from the notebook's cell tagged ``parameters``."""
+    import papermill as pm
+
+    return {name: info["default"] for name, info in pm.inspect_notebook(str(path)).items()}
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_value(text: str):
+    """A ``-p NAME VALUE`` value: a Python literal (``3``, ``1e-3``, ``None``, ``True``) or else a string."""
+    return _literal(text)
+
+
+# --------------------------------------------------------------------------- kernel and weights
+
+def kernel_command() -> list[str]:
+    """The command the ``python3`` kernel starts with; it must run this very interpreter.
+
+    jupyter_client replaces a kernelspec's ``python`` with ``sys.executable``; a user-level
+    kernelspec with another absolute interpreter would silently run another environment.
+    """
+    from jupyter_client.manager import KernelManager
+
+    try:
+        cmd = KernelManager(kernel_name=KERNEL_NAME).format_kernel_cmd()
+    except Exception as exc:  # NoSuchKernel
+        raise TLCourseError(f"no {KERNEL_NAME!r} Jupyter kernel ({exc}); run: {sys.executable} -m pip install ipykernel") from exc
+    if Path(cmd[0]).resolve() != Path(sys.executable).resolve():
+        raise TLCourseError(
+            f"the {KERNEL_NAME!r} Jupyter kernel runs {cmd[0]}, not this Python ({sys.executable}); "
+            f"run: {sys.executable} -m ipykernel install --sys-prefix (or remove the other kernelspec)"
+        )
+    return cmd
+
+
+def resnet_weights_source(timeout: float = 3.0) -> str | None:
+    """Where ResNet-18's ImageNet weights would come from: cache, local folder, download, or None."""
+    from .models import weights_cache_path, weights_enum
+
+    cache = weights_cache_path("resnet18")
+    if cache.is_file():
+        return "torch hub cache"
+    local = weights_dir()
+    if local is not None and (local / cache.name).is_file():
+        return ENV_WEIGHTS_DIR
+    url = weights_enum("resnet18", "DEFAULT").url
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return "download"
+    except (OSError, ValueError):
+        return None
+
+
+def offline_notice() -> str:
+    from .models import weights_cache_path
+
+    cache = weights_cache_path("resnet18")
+    return (
+        f"notice: ResNet-18 ImageNet weights ({cache.name}) are not in the torch hub cache "
+        f"({cache.parent}) nor in {ENV_WEIGHTS_DIR}, and download.pytorch.org is unreachable. "
+        "Running instead: structure notebooks with weights=None (structure and counts do not depend "
+        "on weights); training notebooks with their offline arch (mobilenet_v2) and a local backbone "
+        f"from {ENV_WEIGHTS_DIR}, or weights=None in smoke mode. For the real course: run once online, "
+        f"or copy {cache.name} into {cache.parent} or {ENV_WEIGHTS_DIR}."
+    )
+
+
+# --------------------------------------------------------------------------- planning
+
+@dataclass
+class Job:
+    path: Path
+    parameters: dict
+    weights: str  # what the summary says about the weights used
+
+
+def _weights_label(declared: dict[str, str], params: dict) -> str:
+    if "weights" not in declared:
+        return "-"
+    arch = params.get("arch", _literal(declared.get("arch", "''")) or "")
+    value = params.get("weights", "default")
+    if value is None or str(value).lower() == "none":
+        value = "none (random init)"
+    elif isinstance(value, str) and os.sep in value:
+        value = Path(value).name
+    return f"{arch} {value}".strip()
+
+
+def plan(paths: list[Path], *, smoke: bool = False, overrides: dict | None = None,
+         weights_available: bool = True, default_weights: str = "DEFAULT") -> list[Job]:
+    """The parameters each notebook receives (filtered to what its parameters cell declares).
+
+    ``default_weights``: ``"DEFAULT"`` (torchvision's download/cache), or the path of the
+    ResNet-18 file found in ``TLCOURSE_WEIGHTS_DIR``.
+    """
+    import nbformat
+
+    from .models import find_local_weights
+
+    overrides = dict(overrides or {})
+    jobs = []
+    for path in paths:
+        declared = declared_parameters(path)
+        params: dict = {"weights": default_weights}  # the course's default: the real pretrained ResNet-18
+        if smoke:
+            params.update(SMOKE_PARAMETERS)
+        if not weights_available and params["weights"] is not None and "weights" not in overrides:
+            meta = nbformat.read(path, as_version=4).metadata.get("tlcourse", {})
+            offline_arch = meta.get("offline_arch")
+            if offline_arch and "arch" in declared:
+                local = find_local_weights(offline_arch)
+                params["arch"] = offline_arch
+                params["weights"] = str(local) if local else None
+                if local is None:
+                    params.update(SMOKE_PARAMETERS)
+            else:
+                params["weights"] = None
+        params.update(overrides)
+        params = {k: v for k, v in params.items() if k in declared}
+        jobs.append(Job(path, params, _weights_label(declared, params)))
+    return jobs
+
+
+# --------------------------------------------------------------------------- running
+
+@dataclass
+class Result:
+    name: str
+    status: str  # "ok" or "FAILED"
+    seconds: float
+    weights: str
+    key_result: str = ""
+    error: str = ""
+    output: Path | None = None
+    parameters: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _kernel_env():
+    """Kernels inherit this: the ``tlcourse`` the runner imported comes first on their path."""
+    saved = os.environ.get("PYTHONPATH")
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    parts = [package_parent] + ([saved] if saved else [])
+    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def read_key_result(path: Path) -> str:
+    """The ``KEY RESULT:`` line(s) printed by cells tagged ``key-result`` in an executed notebook."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    found = []
+    for cell in nb.cells:
+        if cell.cell_type != "code" or "key-result" not in cell.metadata.get("tags", []):
+            continue
+        for out in cell.get("outputs", []):
+            text = out.get("text", "") if out.get("output_type") == "stream" else ""
+            found += [line[len(KEY_RESULT_PREFIX):].strip() for line in text.splitlines()
+                      if line.startswith(KEY_RESULT_PREFIX)]
+    return "; ".join(found)
+
+
+def _failure_line(name: str, exc: Exception) -> str:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        # The line IPython marks with ---> in the notebook's own cell, else the cell's first line.
+        plain = [re.sub(r"\x1b\[[0-9;]*m", "", t) for t in exc.traceback or []]
+        cell_frame = next((t for t in plain if t.lstrip().startswith("Cell In[")), "")
+        marked = [m.group(1).strip() for m in re.finditer(r"-+>\s*\d+\s+(.*)", cell_frame)]
+        first = marked[0] if marked else next(
+            (ln for ln in exc.source.splitlines() if ln.strip() and not ln.startswith("#")), "")
+        evalue = str(exc.evalue).strip().splitlines()[0] if str(exc.evalue).strip() else ""
+        return f"{name}: In [{exc.exec_count}] `{first.strip()[:60]}` raised {exc.ename}: {evalue[:200]}"
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{name}: {type(exc).__name__}: {message[:200]}"
+
+
+def run_notebook(job: Job, output_dir: Path, *, cwd: Path | None = None, timeout: int | None = None) -> Result:
+    """Execute one notebook into ``output_dir``; never raises for a failing cell."""
+    import papermill as pm
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    out = output_dir / job.path.name
+    name = job.path.stem
+    start = time.perf_counter()
+    try:
+        with _kernel_env():
+            pm.execute_notebook(str(job.path), str(out), parameters=job.parameters, kernel_name=KERNEL_NAME,
+                                cwd=str(cwd or job.path.parent), progress_bar=False, log_output=False,
+                                execution_timeout=timeout)
+    except Exception as exc:  # a failing cell, a dead kernel, a timeout: report and go on
+        return Result(name, "FAILED", time.perf_counter() - start, job.weights, error=_failure_line(name, exc),
+                      output=out, parameters=job.parameters)
+    return Result(name, "ok", time.perf_counter() - start, job.weights, read_key_result(out), output=out,
+                  parameters=job.parameters)
+
+
+def summary_table(results: list[Result]) -> str:
+    rows = [("notebook", "status", "time", "weights", "key result")]
+    rows += [(r.name, r.status, f"{r.seconds:.1f}s", r.weights, r.key_result or r.error) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4] for row in rows)
+
+
+def run_course(*, folder: str | Path | None = None, output: str | Path | None = None, smoke: bool = False,
+               overrides: dict | None = None, only: list[str] | None = None, check_weights: bool = True,
+               timeout: int | None = None, echo=print) -> list[Result]:
+    """Execute the selected notebooks in order and print progress and a summary table."""
+    kernel_command()
+    paths = find_notebooks(folder, only)
+    output_dir = Path(output) if output else paths[0].parent / "executed"
+    available, default_weights = True, "DEFAULT"
+    needs_weights = not smoke and "weights" not in (overrides or {})
+    if check_weights and needs_weights:
+        source = resnet_weights_source()
+        available = source is not None
+        if not available:
+            echo(offline_notice())
+        elif source == ENV_WEIGHTS_DIR:
+            from .models import weights_cache_path
+
+            default_weights = str(weights_dir() / weights_cache_path("resnet18").name)
+    jobs = plan(paths, smoke=smoke, overrides=overrides, weights_available=available,
+                default_weights=default_weights)
+    results = []
+    for i, job in enumerate(jobs, 1):
+        prefix = f"[{i}/{len(jobs)}] {job.path.stem} ..."
+        result = run_notebook(job, output_dir, timeout=timeout)
+        tail = f"{result.status} {result.seconds:.1f}s" + (f" — {result.error}" if result.error else "")
+        echo(f"{prefix} {tail}")
+        results.append(result)
+    echo("")
+    echo(summary_table(results))
+    echo(f"executed notebooks: {output_dir}")
+    return results
+
+
+# --------------------------------------------------------------------------- committed outputs
+
+def clean_notebook(nb) -> "object":
+    """Keep outputs only on ``# NBVAL_CHECK_OUTPUT`` cells; drop run metadata, widget state, counters.
+
+    Those outputs are deterministic (structure, counts, reports) and nbval checks them; anything
+    that depends on hardware, timing or weights is not stored. Machine paths are refused.
+    """
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    for key in ("papermill", "widgets"):
+        nb.metadata.pop(key, None)
+    nb.metadata.get("language_info", {}).pop("version", None)  # the author's Python, not the lesson's
+    counter = 0
+    for cell in nb.cells:
+        for key in ("papermill", "execution", "ExecuteTime"):
+            cell.metadata.pop(key, None)
+        if cell.metadata.get("tags") == []:
+            del cell.metadata["tags"]
+        if cell.cell_type != "code":
+            continue
+        keep = CHECK_MARKER in cell.source
+        cell.outputs = [o for o in cell.outputs if o.get("output_type") in ("stream", "execute_result")] if keep else []
+        # nbval treats a cell without a count as unrun: number cells as one top-to-bottom run does.
+        counter += 1
+        cell.execution_count = counter if cell.outputs else None
+        for out in cell.outputs:
+            if "execution_count" in out:
+                out["execution_count"] = counter
+            text = out.get("text", "") + "".join(str(v) for v in out.get("data", {}).values())
+            if _MACHINE_PATH.search(text):
+                raise TLCourseError(f"a stored output contains a machine path ({_MACHINE_PATH.search(text).group(0)}); "
+                                    f"do not mark that cell {CHECK_MARKER!r}")
+            if out.get("name") == "stderr":
+                raise TLCourseError(f"a {CHECK_MARKER} cell wrote to stderr; keep checked cells warning-free")
+    return nb
+
+
+def refresh_outputs(paths: list[Path], *, echo=print) -> None:
+    """Re-execute notebooks offline-safe (``TLCOURSE_WEIGHTS=none``, smoke) and store cleaned outputs."""
+    import nbformat
+    import papermill as pm
+
+    kernel_command()
+    saved = {k: os.environ.get(k) for k in (ENV_WEIGHTS, ENV_SMOKE)}
+    os.environ[ENV_WEIGHTS], os.environ[ENV_SMOKE] = "none", "1"
+    try:
+        with tempfile.TemporaryDirectory() as tmp, _kernel_env():
+            for path in paths:
+                out = Path(tmp) / path.name
+                pm.execute_notebook(str(path), str(out), kernel_name=KERNEL_NAME, cwd=str(path.parent),
+                                    progress_bar=False)
+                nb = clean_notebook(nbformat.read(out, as_version=4))
+                nbformat.write(nb, path)
+                echo(f"refreshed {path.name}")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
