@@ -223,7 +223,7 @@ COMMANDS = [add_data, add_report, add_train, add_predict, add_course]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tlcourse", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tlcourse", description="tlcourse: transfer learning with torchvision, from the command line.")
     parser.add_argument("--version", action="version", version=f"tlcourse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
