@@ -29,7 +29,8 @@ def test_heads_output_shapes(arch):
     for head, width in (("linear", 2), ("binary", 1), ("mlp", 2)):
         model = build_model(arch, 2, weights=None, head=head)
         assert _forward(model).shape == (2, width), (arch, head)
-        assert model.tlcourse_spec == {"arch": arch, "num_classes": 2, "head": head, "weights": None}
+        assert model.tlcourse_spec == {"arch": arch, "num_classes": 2, "head": head, "weights": None,
+                                       "head_kwargs": {}}
 
 
 def test_head_structure():
