@@ -210,6 +210,7 @@ def inference_benchmark(model: nn.Module, class_names: list[str], folder: Path, 
                                         std=IMAGENET_STD, metrics={}), path)
         predictor = Predictor(path, device="cpu")
     paths = list_images(folder)
+    predictor.predict_image(paths[0])                   # warm-up, not timed
     t = time.perf_counter()
     batched = predictor.predict_folder(folder, batch_size=32)
     batched_s = time.perf_counter() - t
