@@ -222,6 +222,39 @@ def run_course(args) -> int:
 COMMANDS = [add_data, add_report, add_train, add_predict, add_course]
 
 
+# --------------------------------------------------------------------------- bench
+
+def _bench_module():
+    """benchmarks/transfer.py of the checkout (the benchmark is not part of the installed package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "transfer.py"
+    if not path.is_file():
+        raise TLCourseError(f"{path} not found; run the benchmark from a checkout of the course repository")
+    spec = importlib.util.spec_from_file_location("tlcourse_bench_transfer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="CPU benchmark: the plain loop against tlcourse's fast path, side by side")
+    try:
+        _bench_module().add_arguments(p)
+    except TLCourseError:
+        pass  # the error is reported when the command runs
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args) -> int:
+    _bench_module().run(args)
+    return 0
+
+
+COMMANDS.append(add_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tlcourse", description="tlcourse: transfer learning with torchvision, from the command line.")
     parser.add_argument("--version", action="version", version=f"tlcourse {__version__}")

@@ -28,6 +28,7 @@ from .checkpoints import (atomic_write, load_checkpoint, load_model_state, make_
                           save_checkpoint, write_json)
 from .data import IMAGENET_MEAN, IMAGENET_STD, Loaders, make_loaders
 from .device import seed_everything, select_device
+from .fast import FAST_MODES, prepare as prepare_fast_path
 from .freeze import PRESETS, apply_freeze
 from .models import build_model, check_arch
 from .optim import make_optimizer, make_scheduler
@@ -63,6 +64,10 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     channels_last: bool = False
+    compile: bool = False                # torch.compile the trained part (opt-in; helps on GPU)
+    fast: str = "auto"                   # auto | off | features | layer3 | decode (see tlcourse.fast)
+    fast_views: int = 0                  # with augmentation: cache K augmented views per image
+    fast_dtype: str = "float16"          # dtype of the cached layer3 activations (float16 | float32)
     subset: int | None = None            # at most this many images per split (smoke runs)
     max_batches: int | None = None       # at most this many batches per epoch (smoke runs)
     run_name: str | None = None          # default: "<arch>_<freeze>"
@@ -80,6 +85,12 @@ class TrainConfig:
             raise TLCourseError(f"lr={self.lr} must be > 0 (typical: 1e-3 for a new head, 1e-4 for fine-tuning)")
         if self.max_batches is not None and self.max_batches < 1:
             raise TLCourseError(f"max_batches={self.max_batches} must be >= 1 (or None for whole epochs)")
+        if self.fast not in FAST_MODES:
+            raise TLCourseError(f"fast={self.fast!r}: choose one of {', '.join(FAST_MODES)}")
+        if self.fast_views < 0:
+            raise TLCourseError(f"fast_views={self.fast_views} must be >= 0 (0: no cached augmented views)")
+        if self.fast_dtype not in ("float16", "float32"):
+            raise TLCourseError(f"fast_dtype={self.fast_dtype!r}: choose float16 or float32")
         if self.progress not in ("auto", "bar", "epoch", "none"):
             raise TLCourseError(f"progress={self.progress!r}: choose auto, bar, epoch or none")
         return self
@@ -272,13 +283,14 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, *, epochs: int,
         start_epoch: int = 0, history: list[dict] | None = None,
         generator: torch.Generator | None = None, forward_model: nn.Module | None = None,
         amp: bool = False, channels_last: bool = False, max_batches: int | None = None,
-        progress: str = "auto", log: Callable[[str], None] = print) -> list[dict]:
+        progress: str = "auto", log: Callable[[str], None] = print, row_extra: dict | None = None) -> list[dict]:
     """Train for epochs ``start_epoch+1 .. epochs``, validating after each; return the history.
 
     With ``run_dir`` it writes ``latest.pt`` every epoch, ``best_acc.pt``/``best_loss.pt`` when
     validation improves, and the history files, each atomically. ``forward_model`` (default:
     ``model``) is what the batches are fed to; ``model`` is what gets saved: the fast path
-    trains only the head on cached features but saves the whole network.
+    trains only the head on cached features but saves the whole network. ``row_extra`` is
+    added to every history row (``train`` records which path ran).
     """
     device = select_device(device)
     forward_model = forward_model or model
@@ -308,7 +320,7 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, *, epochs: int,
                 scheduler.step()
             row = {"epoch": epoch, "train_loss": train_stats["loss"], "train_acc": train_stats["acc"],
                    "val_loss": val_stats["loss"], "val_acc": val_stats["acc"], "lr": lr,
-                   "seconds": time.perf_counter() - started}
+                   "seconds": time.perf_counter() - started, **(row_extra or {})}
             history.append(row)
             best = best_from_history(history)
             marks = [f"best_{m}" for m in ("acc", "loss") if best[f"{m}_epoch"] == epoch]
@@ -354,7 +366,8 @@ class RunResult:
     class_names: list[str]
     best: dict = field(default_factory=dict)
     config: TrainConfig | None = None
-    path: str = "plain"                   # which training path ran ("plain" or a fast path)
+    path: str = "plain"                   # which training path ran, in words (printable)
+    fast_path: str = "plain"              # its short name: plain | features | layer3 | views | decode
 
     @property
     def best_acc_path(self) -> Path:
@@ -408,6 +421,12 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                             **({"dropout": cfg.dropout} if cfg.head == "mlp" else {}))
         apply_freeze(model, cfg.freeze, bn_eval=cfg.bn_eval)
     model.to(device)
+    # Which path runs (plain loop, cached features/activations, decoded images) and its caches.
+    fast = prepare_fast_path(model, loaders, cfg, device, start_epoch=checkpoint["epoch"] if checkpoint else 0,
+                             log=(lambda line: None) if cfg.progress == "none" else print)
+    forward_model = fast.forward_model
+    if cfg.compile:
+        forward_model = torch.compile(forward_model or model)
     optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay,
                                momentum=cfg.momentum, head_lr_mult=cfg.head_lr_mult)
     scheduler = make_scheduler(optimizer, cfg.scheduler, epochs=cfg.epochs, step_size=cfg.step_size, gamma=cfg.gamma)
@@ -423,14 +442,18 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
             print(f"{resume} already finished epoch {start_epoch} of {cfg.epochs}; pass a larger epochs to continue")
     else:
         run_dir = new_run_dir(cfg.run_name or f"{cfg.arch}_{cfg.freeze}", cfg.output_dir)
-        write_json(asdict(cfg) | {"class_names": loaders.class_names}, run_dir / "args.json")
+        write_json(asdict(cfg) | {"class_names": loaders.class_names, "fast_path": fast.name,
+                                  "fast_path_description": fast.description}, run_dir / "args.json")
         start_epoch, history = 0, []
 
     meta = {"spec": model.tlcourse_spec, "freeze": cfg.freeze if checkpoint is None else checkpoint["freeze"],
-            "class_names": loaders.class_names, "image_size": cfg.image_size, "config": asdict(cfg)}
-    history = fit(model, loaders.train, loaders.val, optimizer, epochs=cfg.epochs,
+            "class_names": loaders.class_names, "image_size": cfg.image_size,
+            "config": asdict(cfg) | {"fast_path": fast.name}}
+    history = fit(model, fast.train_loader, fast.val_loader, optimizer, epochs=cfg.epochs,
                   loss_fn=loss_for_head(model.tlcourse_spec["head"]), scheduler=scheduler, device=device,
                   run_dir=run_dir, checkpoint_meta=meta, start_epoch=start_epoch, history=history,
                   generator=loaders.train.generator, amp=cfg.amp, channels_last=cfg.channels_last,
-                  max_batches=cfg.max_batches, progress=cfg.progress)
-    return RunResult(model, history, run_dir, loaders.class_names, best_from_history(history), cfg)
+                  max_batches=cfg.max_batches, progress=cfg.progress, forward_model=forward_model,
+                  row_extra={"path": fast.name})
+    return RunResult(model, history, run_dir, loaders.class_names, best_from_history(history), cfg,
+                     path=fast.description, fast_path=fast.name)

@@ -1,0 +1,153 @@
+"""The fast paths train exactly what the plain loop trains, only without recomputing frozen layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tlcourse import TLCourseError
+from tlcourse.checkpoints import load_checkpoint, model_from_checkpoint
+from tlcourse.data import make_loaders
+from tlcourse.engine import TrainConfig, evaluate, train
+from tlcourse.fast import (CachedViews, DecodedImages, compute_cache, layer3_cache_bytes, prefix_problem,
+                           split_model)
+from tlcourse.freeze import apply_freeze
+from tlcourse.models import build_model
+
+SIZE = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning threads are many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_checkpoint_files(monkeypatch):
+    """Trajectory tests do not need the 45 MB ResNet-18 checkpoints fsync'ed every epoch."""
+    monkeypatch.setattr("tlcourse.engine.save_checkpoint", lambda checkpoint, path: path)
+
+
+def _config(data_dir, tmp_path, **overrides) -> TrainConfig:
+    values = dict(data_dir=str(data_dir), arch="resnet18", weights=None, image_size=SIZE, augment=False,
+                  epochs=2, batch_size=4, lr=1e-3, seed=3, device="cpu", progress="none",
+                  output_dir=str(tmp_path / "runs"))
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _losses(result) -> list[float]:
+    return [row[k] for row in result.history for k in ("train_loss", "val_loss")]
+
+
+def _assert_same_trajectory(fast, plain, rel=1e-4):
+    assert fast.fast_path != "plain" and plain.fast_path == "plain"
+    assert _losses(fast) == pytest.approx(_losses(plain), rel=rel)
+    assert [r["val_acc"] for r in fast.history] == [r["val_acc"] for r in plain.history]
+
+
+@pytest.mark.parametrize("arch,freeze,expected", [
+    ("resnet18", "head", "features"),
+    ("resnet18", "last_stage", "layer3"),
+    ("mobilenet_v2", "head", "features"),
+    ("mobilenet_v2", "last_stage", "layer3"),
+])
+def test_cached_training_follows_the_plain_loss_trajectory(tiny_data_session, tmp_path, no_checkpoint_files,
+                                                           arch, freeze, expected):
+    # fp32 cache: the comparison isolates the caching itself from fp16 rounding.
+    cfg = _config(tiny_data_session, tmp_path, arch=arch, freeze=freeze, fast_dtype="float32",
+                  head="mlp" if freeze == "head" else "linear")   # mlp: dropout must draw the same numbers
+    plain = train(cfg, fast="off")
+    fast = train(cfg)                                               # fast="auto"
+    assert fast.fast_path == expected
+    assert fast.path.startswith("cached ")
+    _assert_same_trajectory(fast, plain)
+    # The trained weights are the same too, including BatchNorm statistics of a trained layer4.
+    for (name, a), b in zip(fast.model.state_dict().items(), plain.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-5), name
+
+
+def test_fp16_layer3_cache_stays_close_to_the_plain_loop(tiny_data_session, tmp_path, no_checkpoint_files):
+    model = apply_freeze(build_model("resnet18", 2, weights=None), "last_stage")
+    dataset = make_loaders(tiny_data_session, image_size=SIZE, augment=False).train.dataset
+    prefix = split_model(model, "layer3").prefix
+    full, _ = compute_cache(prefix, dataset, dtype=torch.float32)
+    half, _ = compute_cache(prefix, dataset, dtype=torch.float16)
+    assert (half.float() - full).abs().max() <= 1e-3 * full.abs().max()   # fp16: 11 significant bits
+    cfg = _config(tiny_data_session, tmp_path, freeze="last_stage")
+    plain, fast = train(cfg, fast="off"), train(cfg)
+    assert fast.fast_path == "layer3" and "fp16" in fast.path
+    # Rounding differences grow a little over the training steps but stay small.
+    assert _losses(fast) == pytest.approx(_losses(plain), abs=0.1)
+
+
+def test_fast_checkpoint_is_a_full_model_with_the_same_accuracy(tiny_data_session, tmp_path):
+    result = train(_config(tiny_data_session, tmp_path, freeze="last_stage", fast_dtype="float32"))
+    assert result.fast_path == "layer3"
+    loaders = make_loaders(tiny_data_session, image_size=SIZE, batch_size=4, augment=False)
+    reloaded = model_from_checkpoint(result.latest_path)
+    in_memory = evaluate(result.model, loaders.val)["acc"]
+    assert evaluate(reloaded, loaders.val)["acc"] == in_memory == result.history[-1]["val_acc"]
+    checkpoint = load_checkpoint(result.latest_path)
+    assert checkpoint["config"]["fast_path"] == "layer3"
+    assert all(row["path"] == "layer3" for row in result.history)
+
+
+def test_layer3_cache_memory_matches_the_formula(tiny_data_session):
+    model = apply_freeze(build_model("resnet18", 2, weights=None), "last_stage")
+    loaders = make_loaders(tiny_data_session, image_size=SIZE, batch_size=4, augment=False)
+    cached, targets = compute_cache(split_model(model, "layer3").prefix, loaders.train.dataset, dtype=torch.float16)
+    n = len(loaders.train.dataset)
+    assert cached.shape == (n, 256, SIZE // 16, SIZE // 16) and cached.dtype == torch.float16
+    assert cached.numel() * cached.element_size() == layer3_cache_bytes(n, "resnet18", SIZE) == n * 256 * 2 * 2 * 2
+    assert targets.tolist() == [t for _, t in loaders.train.dataset.samples]
+    # The whole ants/bees dataset (245 + 153 images) at 224 px fits the 120 MB budget.
+    assert layer3_cache_bytes(398, "resnet18", 224) == 398 * 256 * 14 * 14 * 2 <= 120e6
+
+
+def test_auto_falls_back_to_the_plain_loop_when_caching_would_change_results(tiny_data_session, tmp_path, no_checkpoint_files):
+    augmented = train(_config(tiny_data_session, tmp_path, epochs=1, augment=True))
+    assert augmented.fast_path == "plain" and "augmentation" in augmented.path
+    moving_bn = train(_config(tiny_data_session, tmp_path, epochs=1, bn_eval=False))
+    assert moving_bn.fast_path == "plain" and "bn_eval=False" in moving_bn.path
+    with pytest.raises(TLCourseError, match="fast='features' cannot cache"):
+        train(_config(tiny_data_session, tmp_path, epochs=1, bn_eval=False, fast="features"))
+    with pytest.raises(TLCourseError, match="fast_views"):
+        train(_config(tiny_data_session, tmp_path, epochs=1, augment=True, fast="features"))
+
+
+def test_prefix_problem_sees_trainable_or_moving_layers():
+    model = build_model("resnet18", 2, weights=None)
+    apply_freeze(model, "last_stage")
+    assert prefix_problem(split_model(model, "layer3").prefix) is None
+    assert "layer" in prefix_problem(split_model(model, "features").prefix)   # layer4 is trainable
+
+
+def test_augmented_views_are_seeded_and_cycle(tiny_data_session, tmp_path, no_checkpoint_files):
+    cfg = _config(tiny_data_session, tmp_path, epochs=3, augment=True, fast_views=2)
+    first, second = train(cfg), train(cfg)
+    assert first.fast_path == "views" and "2 augmented views" in first.path
+    assert _losses(first) == _losses(second)
+    views = CachedViews(torch.arange(6.0).view(2, 3), torch.zeros(3, dtype=torch.long))
+    assert [views[0][0].item() for _ in range(3)] == [0.0, 3.0, 0.0]
+
+
+def test_decoded_images_equal_the_pil_pipeline(tiny_data_session):
+    loaders = make_loaders(tiny_data_session, image_size=SIZE, batch_size=4, augment=False)
+    decoded = DecodedImages(loaders.val.dataset.samples, SIZE, augment=False)
+    for i in range(len(decoded)):
+        assert torch.equal(decoded[i][0], loaders.val.dataset[i][0])
+    assert decoded.nbytes == len(decoded) * 3 * SIZE * SIZE
+    augmented = DecodedImages(loaders.train.dataset.samples, SIZE, augment=True)
+    assert augmented[0][0].shape == (3, SIZE, SIZE) and augmented[0][0].dtype == torch.float32
+
+
+def test_all_layers_trainable_without_augmentation_decodes_once(tiny_data_session, tmp_path, no_checkpoint_files):
+    cfg = _config(tiny_data_session, tmp_path, freeze="all", epochs=2)
+    plain, fast = train(cfg, fast="off"), train(cfg)
+    assert fast.fast_path == "decode" and fast.path.startswith("images decoded once")
+    _assert_same_trajectory(fast, plain)
