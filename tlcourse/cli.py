@@ -219,8 +219,6 @@ def run_course(args) -> int:
 
 # --------------------------------------------------------------------------- main
 
-COMMANDS = [add_data, add_report, add_train, add_predict, add_course]
-
 
 # --------------------------------------------------------------------------- bench
 
@@ -252,7 +250,7 @@ def run_bench(args) -> int:
     return 0
 
 
-COMMANDS.append(add_bench)
+COMMANDS = [add_data, add_report, add_train, add_predict, add_course, add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

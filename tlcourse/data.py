@@ -217,19 +217,23 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
 
 
 def _subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
-    """A class-balanced, seeded subset of at most ``limit`` images (for smoke runs)."""
+    """A seeded subset of at most ``limit`` images, classes interleaved (for smoke runs).
+
+    Interleaving matters: an unshuffled validation loader cut short by ``max_batches`` must
+    still see every class, not just the first folder's images.
+    """
     if limit is None or limit >= len(dataset):
         return dataset
     generator = torch.Generator().manual_seed(seed)
     by_class: dict[int, list[int]] = {}
     for index, target in enumerate(dataset.targets):
         by_class.setdefault(target, []).append(index)
-    per_class = max(1, limit // len(by_class))
+    shuffled = [[indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+                for _, indices in sorted(by_class.items())]
     picked: list[int] = []
-    for indices in by_class.values():
-        order = torch.randperm(len(indices), generator=generator).tolist()
-        picked.extend(indices[i] for i in order[:per_class])
-    return Subset(dataset, sorted(picked))
+    for rank in range(max(len(c) for c in shuffled)):
+        picked.extend(c[rank] for c in shuffled if rank < len(c))
+    return Subset(dataset, picked[:limit])
 
 
 @dataclass

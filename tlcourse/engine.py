@@ -133,18 +133,20 @@ def _interactive() -> bool:
 
 
 def _batches(loader, desc: str, show_bar: bool, max_batches: int | None):
+    """Yield ``(bar, batch)``; a full epoch exhausts the loader exactly as a plain ``for`` loop does.
+
+    (Stopping early without exhausting it would skip the sampler's last random draw and change
+    the shuffling of later epochs.)
+    """
     from tqdm.auto import tqdm
 
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    iterator = iter(loader)
-    bar = tqdm(range(total), desc=desc, leave=False, disable=not show_bar, unit="batch")
-    for _ in bar:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            break
-        yield bar, batch
-    bar.close()
+    with tqdm(total=total, desc=desc, leave=False, disable=not show_bar, unit="batch") as bar:
+        for index, batch in enumerate(loader):
+            if index >= total:
+                break
+            yield bar, batch
+            bar.update(1)
 
 
 def _autocast(device: torch.device, amp: bool):
