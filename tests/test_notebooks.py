@@ -144,3 +144,19 @@ def test_offline_plan_for_a_notebook_that_supports_mobilenet(tmp_path, monkeypat
     assert job.parameters == {"weights": str(weights_dir / "resnet18-f37072fd.pth")}
     (job,) = plan([source], weights_available=False, overrides={"weights": "IMAGENET1K_V1", "lr": 0.01})
     assert job.parameters == {"weights": "IMAGENET1K_V1", "lr": 0.01} and job.weights == "resnet18 IMAGENET1K_V1"
+
+
+@pytest.mark.slow
+def test_feature_extraction_notebook_full_size_with_pretrained_mobilenet(hymenoptera_dir, mobilenet_weights,
+                                                                         tmp_path, monkeypatch):
+    """Notebook 03 as a classroom without ResNet weights runs it: MobileNetV2 + local backbone."""
+    import re
+
+    monkeypatch.setenv("TLCOURSE_CHECKPOINTS_DIR", str(tmp_path / "checkpoints"))
+    (result,) = run_course(folder=ROOT / "notebooks", output=tmp_path, only=["03"], check_weights=False,
+                           overrides={"arch": "mobilenet_v2", "weights": str(mobilenet_weights)}, echo=print)
+    assert result.status == "ok", result.error
+    best = float(re.search(r"best val_acc (\d\.\d+)", result.key_result).group(1))
+    print(result.key_result)
+    assert best >= 0.92, result.key_result
+    assert "pretrained" in result.key_result
