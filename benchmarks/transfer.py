@@ -30,7 +30,6 @@ import resource
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 

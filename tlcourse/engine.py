@@ -18,7 +18,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -308,7 +308,7 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, *, epochs: int,
     run_dir = Path(run_dir) if run_dir is not None else None
     meta = checkpoint_meta or {}
 
-    epoch = start_epoch
+    epoch = saved = start_epoch  # saved: the epoch latest.pt holds
     try:
         for epoch in range(start_epoch + 1, epochs + 1):
             started = time.perf_counter()
@@ -328,13 +328,14 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, *, epochs: int,
             marks = [f"best_{m}" for m in ("acc", "loss") if best[f"{m}_epoch"] == epoch]
             if run_dir is not None:
                 _save_epoch(run_dir, model, optimizer, scheduler, epoch, history, best, marks, meta, generator)
+                saved = epoch
             if not quiet:
                 log(format_epoch(row, epochs, ("  *" + ",".join(marks)) if marks else ""))
     except KeyboardInterrupt:
-        done = len(history)
-        where = f"; {run_dir}/latest.pt holds epoch {done}" if run_dir is not None and done else ""
+        resumable = run_dir is not None and saved > 0
+        where = f"; {run_dir}/latest.pt holds epoch {saved}" if resumable else ""
         how = (f"; resume with: python -m tlcourse train --resume {run_dir / 'latest.pt'} --epochs {epochs}"
-               if run_dir is not None and done else "")
+               if resumable else "")
         log(f"interrupted during epoch {epoch}/{epochs}{where}{how}")
         raise
     return history

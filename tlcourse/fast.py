@@ -327,7 +327,8 @@ def choose_path(model: nn.Module, cfg, train_dataset: Dataset) -> tuple[str, str
             return "views", point, f"fast_views={cfg.fast_views}"
         return "plain", None, ("augmentation makes every epoch's images new, so the frozen part must run "
                                "again (set fast_views=K to cache K augmented views, or augment=False)")
-    return point, point, "frozen prefix and no augmentation: caching is exact"
+    exact = "exact" if point == "features" or cfg.fast_dtype == "float32" else "exact up to fp16 rounding"
+    return point, point, f"frozen prefix and no augmentation: caching is {exact}"
 
 
 def prepare(model: nn.Module, loaders: Loaders, cfg, device, *, start_epoch: int = 0,
