@@ -54,7 +54,7 @@ def weights_enum(arch: str, name: str):
     try:
         return enum[name] if name != "DEFAULT" else enum.DEFAULT
     except KeyError:
-        choices = ", ".join(["DEFAULT", *enum.__members__])
+        choices = ", ".join(["DEFAULT", *(m for m in enum.__members__ if m != "DEFAULT")])
         raise TLCourseError(f"weights={name!r} is not a {enum.__name__} name; choose one of {choices}") from None
 
 
