@@ -47,7 +47,8 @@ def test_text_and_html(two_runs):
 
 def test_best_epoch_tie_goes_to_the_first(two_runs):
     class Fake:
-        history = [{"epoch": 1, "val_acc": 0.5, "seconds": 1.0}, {"epoch": 2, "val_acc": 0.5, "seconds": 2.0}]
+        history = [{"epoch": 1, "val_acc": 0.5, "val_loss": 0.7, "seconds": 1.0},
+                   {"epoch": 2, "val_acc": 0.5, "val_loss": 0.6, "seconds": 2.0}]
         model = two_runs["head"].model
 
     row = strategy_row("fake", Fake())

@@ -282,7 +282,7 @@ def _find_nested_dataset(root: Path) -> Path | None:
     return None
 
 
-def _check_split(root: Path, split: str, check: DatasetCheck) -> dict[str, list[Path]]:
+def check_split(root: Path, split: str, check: DatasetCheck) -> dict[str, list[Path]]:
     split_dir = root / split
     if not split_dir.exists():
         nested = _find_nested_dataset(root)
@@ -340,7 +340,7 @@ def check_dataset(data_dir: str | Path, *, verify_images: bool = True,
         check.add("error", ".", f"is a file, expected a folder holding train/ and val/{hint}")
         return check
 
-    per_split = {split: _check_split(root, split, check) for split in SPLITS}
+    per_split = {split: check_split(root, split, check) for split in SPLITS}
     train, val = per_split["train"], per_split["val"]
     if train and val and set(train) != set(val):
         parts = []

@@ -12,6 +12,7 @@ import html
 from dataclasses import dataclass
 from typing import Mapping
 
+from .engine import best_from_history
 from .models import count_parameters
 
 
@@ -23,7 +24,7 @@ class StrategyRow:
     final_acc: float
     trainable: int
     total: int
-    seconds: float          # sum of the epochs' wall-clock seconds (train + validation)
+    seconds: float          # RunResult.seconds: the epochs plus any one-time caching
     path: str = "plain"     # which training path ran (RunResult.path)
 
     @property
@@ -74,10 +75,13 @@ def strategy_row(name: str, result) -> StrategyRow:
     history = result.history
     if not history:
         raise ValueError(f"run {name!r} has an empty history: nothing was trained")
-    best = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))  # first epoch wins a tie
+    best = best_from_history(history)
     total, trainable = count_parameters(result.model)
-    return StrategyRow(name, best["val_acc"], best["epoch"], history[-1]["val_acc"], trainable, total,
-                       sum(r["seconds"] for r in history), getattr(result, "path", "plain"))
+    seconds = getattr(result, "seconds", None)
+    if seconds is None:  # a bare record with only a history
+        seconds = sum(r["seconds"] for r in history)
+    return StrategyRow(name, best["acc"], best["acc_epoch"], history[-1]["val_acc"], trainable, total,
+                       seconds, getattr(result, "path", "plain"))
 
 
 def compare_runs(results: Mapping[str, object]) -> StrategyTable:

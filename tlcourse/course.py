@@ -75,16 +75,12 @@ def declared_parameters(path: Path) -> dict[str, str]:
     return {name: info["default"] for name, info in pm.inspect_notebook(str(path)).items()}
 
 
-def _literal(text: str):
+def parse_value(text: str):
+    """A ``-p NAME VALUE`` value: a Python literal (``3``, ``1e-3``, ``None``, ``True``) or else a string."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
-
-
-def parse_value(text: str):
-    """A ``-p NAME VALUE`` value: a Python literal (``3``, ``1e-3``, ``None``, ``True``) or else a string."""
-    return _literal(text)
 
 
 # --------------------------------------------------------------------------- kernel and weights
@@ -153,7 +149,7 @@ class Job:
 def _weights_label(declared: dict[str, str], params: dict) -> str:
     if "weights" not in declared:
         return "-"
-    arch = params.get("arch", _literal(declared.get("arch", "''")) or "")
+    arch = params.get("arch", parse_value(declared.get("arch", "''")) or "")
     value = params.get("weights", "default")
     if value is None or str(value).lower() == "none":
         value = "none (random init)"

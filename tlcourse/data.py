@@ -26,7 +26,7 @@ from torchvision import datasets, transforms
 
 from . import TLCourseError
 from .images import is_image_file, open_rgb
-from .checks import DatasetCheck, ImageLoadError, check_dataset, describe_load_error
+from .checks import DatasetCheck, ImageLoadError, check_dataset, check_split, describe_load_error
 from .settings import HYMENOPTERA_SHA256, HYMENOPTERA_URL, data_mirror, data_root
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -202,8 +202,12 @@ class ImageFolderRGB(datasets.ImageFolder):
 
     def drop(self, paths: set[Path]) -> list[Path]:
         """Remove ``paths`` from the samples (``bad_images="skip"``); returns those removed."""
-        kept = [(p, t) for p, t in self.samples if Path(p) not in paths]
-        removed = [Path(p) for p, _ in self.samples if Path(p) in paths]
+        kept, removed = [], []
+        for path, target in self.samples:
+            if Path(path) in paths:
+                removed.append(Path(path))
+            else:
+                kept.append((path, target))
         self.samples = self.imgs = kept
         self.targets = [t for _, t in kept]
         return removed
@@ -370,15 +374,10 @@ class DatasetSummary:
 
 
 def summarize(data_dir: str | Path | None = None, splits: Sequence[str] = SPLITS) -> DatasetSummary:
-    """Count images per split and class folder (files with an image suffix, hidden files skipped)."""
+    """Count images per split and class folder, exactly as the loaders and ``check_dataset`` see them."""
     root = resolve_data_dir(data_dir)
-    summary = DatasetSummary(root)
+    walk = DatasetCheck(root)  # only its counts are used: problems are check_dataset's business
     for split in splits:
-        split_dir = root / split
-        if not split_dir.is_dir():
-            continue
-        summary.counts[split] = {
-            cls.name: sum(1 for f in cls.rglob("*") if f.is_file() and is_image_file(f))
-            for cls in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        }
-    return summary
+        if (root / split).is_dir():
+            check_split(root, split, walk)
+    return DatasetSummary(root, walk.counts)

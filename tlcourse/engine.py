@@ -26,12 +26,12 @@ from torch import nn
 from . import TLCourseError
 from .checkpoints import (atomic_write, load_checkpoint, load_model_state, make_checkpoint, new_run_dir,
                           save_checkpoint, write_json)
-from .data import IMAGENET_MEAN, IMAGENET_STD, Loaders, make_loaders
+from .data import IMAGENET_MEAN, IMAGENET_STD, Loaders, check_loader_params, make_loaders
 from .device import seed_everything, select_device
 from .fast import FAST_MODES, prepare as prepare_fast_path
 from .freeze import PRESETS, apply_freeze
 from .models import build_model, check_arch
-from .optim import make_optimizer, make_scheduler
+from .optim import check_lr, make_optimizer, make_scheduler
 
 
 # --------------------------------------------------------------------------- configuration
@@ -78,11 +78,10 @@ class TrainConfig:
         check_arch(self.arch)
         if self.freeze not in PRESETS:
             raise TLCourseError(f"freeze={self.freeze!r} is not a preset; choose one of {', '.join(PRESETS)}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise TLCourseError(f"{name}={getattr(self, name)} must be >= 1")
-        if not self.lr > 0:
-            raise TLCourseError(f"lr={self.lr} must be > 0 (typical: 1e-3 for a new head, 1e-4 for fine-tuning)")
+        if self.epochs < 1:
+            raise TLCourseError(f"epochs={self.epochs} must be >= 1")
+        check_lr(self.lr)
+        check_loader_params(self.image_size, self.batch_size, self.num_workers, self.subset, "error", True)
         if self.max_batches is not None and self.max_batches < 1:
             raise TLCourseError(f"max_batches={self.max_batches} must be >= 1 (or None for whole epochs)")
         if self.fast not in FAST_MODES:

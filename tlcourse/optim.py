@@ -18,6 +18,11 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step", "cosine")
 
 
+def check_lr(lr: float) -> None:
+    if not lr > 0:  # also catches NaN
+        raise TLCourseError(f"lr={lr} must be > 0 (typical: 1e-3 for a new head, 1e-4 for fine-tuning)")
+
+
 def param_groups(
     model: nn.Module,
     lr: float,
@@ -30,8 +35,7 @@ def param_groups(
     ``block_lrs`` maps block names (``layer4``, ``fc``…) to their own rate; otherwise the head
     gets ``lr * head_lr_mult`` and every other block ``lr``.
     """
-    if lr <= 0:
-        raise TLCourseError(f"lr={lr} must be > 0 (typical: 1e-3 for a new head, 1e-4 for fine-tuning)")
+    check_lr(lr)
     head = head_block(model)
     rates = dict(block_lrs or {})
     # A typo in a block name or a zero rate would otherwise silently train at the wrong rate.

@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
+from .engine import best_from_history
 from .images import open_rgb
 from .predict import Prediction
 
@@ -23,9 +24,9 @@ def plot_history(history: Sequence[dict], title: str = "", axes=None):
     ax_loss.set(xlabel="epoch", ylabel="loss", title=f"{title} loss".strip())
     ax_acc.plot(epochs, [r["train_acc"] for r in history], "o-", label="train")
     ax_acc.plot(epochs, [r["val_acc"] for r in history], "o-", label="val")
-    best = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))
-    ax_acc.scatter([best["epoch"]], [best["val_acc"]], s=150, facecolors="none", edgecolors="red",
-                   label=f"best {best['val_acc']:.3f} (epoch {best['epoch']})", zorder=3)
+    best = best_from_history(history)
+    ax_acc.scatter([best["acc_epoch"]], [best["acc"]], s=150, facecolors="none", edgecolors="red",
+                   label=f"best {best['acc']:.3f} (epoch {best['acc_epoch']})", zorder=3)
     ax_acc.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02), title=f"{title} accuracy".strip())
     for ax in axes:
         ax.grid(alpha=0.3)

@@ -62,7 +62,7 @@ class FreezePanel:
         return [name for name, box in self.checkboxes.items() if box.value]
 
     def _matching_preset(self) -> str | None:
-        chosen = set(self.selected()) if hasattr(self, "checkboxes") else set(trainable_blocks(self.model))
+        chosen = set(self.selected())
         for name in PRESETS:
             if set(preset_blocks(self.model, name)) == chosen:
                 return name
