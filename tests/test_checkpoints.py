@@ -169,3 +169,17 @@ def test_resume_on_other_classes_is_refused(finished_run, tmp_path):
     other = make_image_folder(tmp_path / "other", classes=("cats", "dogs", "fish"), per_class=2)
     with pytest.raises(TLCourseError, match="classes"):
         train(resume=finished_run.latest_path, data_dir=str(other), epochs=3)
+
+
+def test_one_checkpoint_many_names_each_replaced_independently(tmp_path, monkeypatch):
+    calls = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, fh, *a, **k: (calls.append(1), real_save(obj, fh, *a, **k)))
+    first = {"format": ck.FORMAT, "epoch": 1, "weight": torch.ones(3)}
+    ck.save_checkpoint_as(first, [tmp_path / "best_acc.pt", tmp_path / "latest.pt"])
+    assert len(calls) == 1  # serialised once, however many names it gets
+    assert (tmp_path / "best_acc.pt").read_bytes() == (tmp_path / "latest.pt").read_bytes()
+    ck.save_checkpoint({"format": ck.FORMAT, "epoch": 2, "weight": torch.zeros(3)}, tmp_path / "latest.pt")
+    assert ck.load_checkpoint(tmp_path / "best_acc.pt")["epoch"] == 1  # the best is not dragged along
+    assert ck.load_checkpoint(tmp_path / "latest.pt")["epoch"] == 2
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,28 @@ def atomic_write(path: str | Path, write) -> Path:
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
     return atomic_write(path, lambda fh: torch.save(checkpoint, fh))
+
+
+def save_checkpoint_as(checkpoint: dict, paths: list[Path]) -> None:
+    """Serialise ``checkpoint`` once and place it at every path in order, each atomically.
+
+    An epoch that is both the best and the latest would otherwise be written up to three times
+    (~45 MB each for ResNet-18). The extra names are hard links (a copy where links are not
+    supported); replacing one file later never changes the others.
+    """
+    first, *rest = [Path(p) for p in paths]
+    save_checkpoint(checkpoint, first)
+    for path in rest:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            try:
+                os.link(first, tmp)
+            except OSError:
+                shutil.copyfile(first, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def write_json(obj: Any, path: str | Path) -> Path:

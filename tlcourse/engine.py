@@ -25,7 +25,7 @@ from torch import nn
 
 from . import TLCourseError
 from .checkpoints import (atomic_write, load_checkpoint, load_model_state, make_checkpoint, new_run_dir,
-                          save_checkpoint, write_json)
+                          save_checkpoint_as, write_json)
 from .data import IMAGENET_MEAN, IMAGENET_STD, Loaders, check_loader_params, make_loaders
 from .device import seed_everything, select_device
 from .fast import FAST_MODES, prepare as prepare_fast_path
@@ -350,12 +350,8 @@ def _save_epoch(run_dir, model, optimizer, scheduler, epoch, history, best, mark
         config=meta.get("config"), rng=rng_state(generator))
     # Best files first, latest last: if the process dies in between, latest.pt is the older one
     # and a resume simply repeats this epoch.
-    if "best_acc" in marks:
-        save_checkpoint(checkpoint, run_dir / "best_acc.pt")
-    if "best_loss" in marks:
-        save_checkpoint(checkpoint, run_dir / "best_loss.pt")
     write_history(history, run_dir)
-    save_checkpoint(checkpoint, run_dir / "latest.pt")
+    save_checkpoint_as(checkpoint, [run_dir / f"{mark}.pt" for mark in marks] + [run_dir / "latest.pt"])
 
 
 # --------------------------------------------------------------------------- a whole run
