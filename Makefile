@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tlcourse-installed
 ARGS   ?=
 
-.PHONY: help install data course test test-fast bench lab clean-venv
+.PHONY: help install data course test test-fast lint bench lab clean-venv
 
 help:
 	@echo "make course   run every notebook headless into notebooks/executed/ (sets up first)"
@@ -17,6 +17,7 @@ help:
 	@echo "make lab      open the course in JupyterLab"
 	@echo "make data     download the ants/bees dataset into data/"
 	@echo "make bench    CPU speed benchmark (plain loop vs tlcourse's fast path)"
+	@echo "make lint     ruff (style, imports, likely bugs)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +39,9 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow and not notebooks" $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check tlcourse tests benchmarks
 
 bench: install
 	$(PY) -m tlcourse bench $(ARGS)

@@ -4,7 +4,8 @@
 
 Prints the median/min/max of N runs of: the structure-only check, the full check (every image
 decoded with ``open_rgb``) with 1 thread and with the default thread count, and ``make_loaders``
-with ``verify_images`` on and off, with and without the in-process cache of verified files. Defaults to the course dataset (``data/hymenoptera_data``).
+with ``verify_images`` on and off, with and without the in-process cache of verified files.
+Defaults to the course dataset (``data/hymenoptera_data``).
 """
 
 from __future__ import annotations

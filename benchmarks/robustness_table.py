@@ -23,7 +23,8 @@ from tlcourse import TLCourseError
 from tlcourse.checks import check_dataset
 from tlcourse.data import make_loaders
 from tlcourse.freeze import apply_freeze
-from tlcourse.models import build_model, make_head
+from tlcourse.heads import make_head
+from tlcourse.models import build_model
 from tlcourse.optim import make_optimizer
 
 
@@ -47,7 +48,9 @@ def jpeg(img: Image.Image, **kw) -> bytes:
     return buf.getvalue()
 
 
-def truncated(p): data = jpeg(noise((64, 48))); p.write_bytes(data[: len(data) // 2])
+def truncated(p):
+    data = jpeg(noise((64, 48)))
+    p.write_bytes(data[: len(data) // 2])
 def gif(p): noise().convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(p, transparency=0)
 def rgba(p): noise().convert("RGBA").save(p)
 def cmyk(p): p.write_bytes(jpeg(noise().convert("CMYK")))
@@ -134,7 +137,8 @@ def run_folder_case(tmp: Path, breaker, kwargs, max_pixels) -> tuple[str, str]:
                 loaders = make_loaders(root, image_size=32, batch_size=4, **kwargs)
                 next(iter(loaders.train))
                 notes = [str(w.message) for w in caught if "unreadable" in str(w.message)]
-                loader = f"loads ({len(loaders.train.dataset)} train images)" + (f"; warning: {notes[0]}" if notes else "")
+                loader = (f"loads ({len(loaders.train.dataset)} train images)"
+                          + (f"; warning: {notes[0]}" if notes else ""))
             except TLCourseError as exc:
                 loader = f"TLCourseError: {exc}"
     finally:

@@ -11,7 +11,7 @@ epochs, without augmentation (the setting in which caching is exact):
     every epoch decodes every JPEG through PIL, runs torchvision transforms in a DataLoader and
     runs the whole network, frozen backbone included (frozen BatchNorm kept in eval mode, so
     both sides compute the same function);
-(b) fast: ``tlcourse.fast.prepare`` (cache what is frozen, once) + ``tlcourse.engine.fit``.
+(b) fast: ``tlcourse.fast.prepare`` (cache what is frozen, once) + ``tlcourse.loops.fit``.
 
 Wall times are end to end (model build, data, caching, all epochs, validation every epoch);
 neither side writes checkpoints. Peak RSS per strategy is VmHWM from /proc/self/status after
@@ -41,17 +41,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:           # `python benchmarks/transfer.py` from a checkout
     sys.path.insert(0, str(ROOT))
 
+from tlcourse.config import TrainConfig  # noqa: E402
 from tlcourse.data import ImageFolderRGB, _subset, eval_transforms, fetch, make_loaders  # noqa: E402
-from tlcourse.engine import TrainConfig, fit, loss_for_head  # noqa: E402
 from tlcourse.fast import prepare  # noqa: E402
-from tlcourse.freeze import apply_freeze  # noqa: E402
+from tlcourse.freeze import apply_freeze, preset_blocks  # noqa: E402
+from tlcourse.loops import fit  # noqa: E402
 from tlcourse.models import build_model, find_local_weights  # noqa: E402
 from tlcourse.optim import make_optimizer  # noqa: E402
 
 LR = {"head": 1e-3, "last_stage": 1e-4}     # the tutorial's / seed script's learning rates
-TRAINABLE = {"head": {"resnet18": ["fc"], "mobilenet_v2": ["classifier"]},
-             "last_stage": {"resnet18": ["layer4", "fc"],
-                            "mobilenet_v2": [f"features.{i}" for i in range(14, 19)] + ["classifier"]}}
 
 
 # --------------------------------------------------------------------------- memory
@@ -103,15 +101,16 @@ def plain_loop(arch: str, strategy: str, data_dir: Path, *, epochs: int, batch_s
     transform = eval_transforms(image_size)        # Resize(256), CenterCrop(224), ToTensor, Normalize
     train_set = ImageFolderRGB(data_dir / "train", transform)
     val_set = ImageFolderRGB(data_dir / "val", transform)
+    num_classes = len(train_set.classes)
     train_set, val_set = _subset(train_set, subset, seed), _subset(val_set, subset, seed)  # as make_loaders does
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
                               generator=torch.Generator().manual_seed(seed))
     val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False)
 
-    model = build(arch, 2, seed)
+    model = build(arch, num_classes, seed)
     for p in model.parameters():                    # freeze everything, then unfreeze the trained part
         p.requires_grad = False
-    trained = [model.get_submodule(name) for name in TRAINABLE[strategy][arch]]
+    trained = [model.get_submodule(name) for name in preset_blocks(model, strategy)]
     for module in trained:
         for p in module.parameters():
             p.requires_grad = True
@@ -153,14 +152,13 @@ def fast_path(arch: str, strategy: str, data_dir: Path, *, epochs: int, batch_si
                       progress="none").validate()
     loaders = make_loaders(data_dir, image_size=image_size, batch_size=batch_size, seed=seed, augment=False,
                            subset=subset)
-    model = apply_freeze(build(arch, 2, seed), strategy)
+    model = apply_freeze(build(arch, len(loaders.class_names), seed), strategy)
     lines = []
     setup = prepare(model, loaders, cfg, "cpu", log=lines.append)
     optimizer = make_optimizer(model, "adam", LR[strategy])
     prep_seconds = time.perf_counter() - started
-    history = fit(model, setup.train_loader, setup.val_loader, optimizer, epochs=epochs,
-                  loss_fn=loss_for_head("linear"), device="cpu", forward_model=setup.forward_model,
-                  generator=loaders.train.generator, progress="none")
+    history = fit(model, setup.train_loader, setup.val_loader, optimizer, cfg, forward_model=setup.forward_model,
+                  generator=loaders.train.generator)
     curve, elapsed = [], prep_seconds
     for row in history:
         elapsed += row["seconds"]
@@ -226,20 +224,23 @@ def markdown(report: dict) -> str:
     lines = [f"Machine: {m['cpu']}, {m['cpu_count']} CPU cores, torch {m['torch']} with {m['threads']} thread(s), "
              f"load average at start {m['load_average']}; command: `{report['command']}`", "",
              "| model | trained | epochs | plain loop s | fast path s | speed-up | plain img/s | fast img/s "
-             "| plain best / final val acc | fast best / final val acc | plain peak RSS +MB | fast peak RSS +MB | fast path |",
+             "| plain best / final val acc | fast best / final val acc | plain peak RSS +MB | fast peak RSS +MB "
+             "| fast path |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         a, b = row["plain"], row["fast"]
         lines.append(f"| {row['arch']} | {row['strategy']} | {row['epochs']} | {a['seconds']:.1f} | {b['seconds']:.1f} "
                      f"| **{row['speedup']:.1f}x** | {a['images_per_s']:.0f} | {b['images_per_s']:.0f} "
-                     f"| {a['best_val_acc']:.3f} / {a['final_val_acc']:.3f} | {b['best_val_acc']:.3f} / {b['final_val_acc']:.3f} "
+                     f"| {a['best_val_acc']:.3f} / {a['final_val_acc']:.3f} "
+                     f"| {b['best_val_acc']:.3f} / {b['final_val_acc']:.3f} "
                      f"| {a['peak_rss_increase_mb']:.0f} | {b['peak_rss_increase_mb']:.0f} | {row['fast_path']} |")
     lines.append("")
     lines.append("Fast paths: " + "; ".join(f"{r['arch']} {r['strategy']}: {r['path']}" for r in report["runs"]))
     inf = report.get("inference")
     if inf:
         lines += ["", f"Inference ({inf['arch']}, {inf['images']} val images): batched predict_folder "
-                      f"{inf['batched_images_per_s']:.1f} img/s, one image at a time {inf['single_images_per_s']:.1f} img/s "
+                      f"{inf['batched_images_per_s']:.1f} img/s, "
+                      f"one image at a time {inf['single_images_per_s']:.1f} img/s "
                       f"({inf['speedup']:.1f}x)"]
     lines += ["", f"Peak RSS: {report['rss_method']}; '+MB' is the peak during that strategy minus the RSS "
                   "before it (one process, so the numbers include allocator reuse)."]
@@ -253,7 +254,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None, help="ImageFolder root with train/ and val/ (default: the course dataset)")
+    p.add_argument("--data-dir", default=None,
+                   help="ImageFolder root with train/ and val/ (default: the course dataset)")
     p.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet18"], choices=["mobilenet_v2", "resnet18"])
     p.add_argument("--strategies", nargs="+", default=["head", "last_stage"], choices=["head", "last_stage"])
     p.add_argument("--epochs", nargs="+", type=int, default=[10, 25],
@@ -298,7 +300,8 @@ def run(args: argparse.Namespace) -> dict:
             print(f"    fast path: {fast['path']}", flush=True)
             report["rss_method"] = fast["rss_method"]
             report["runs"].append({"arch": arch, "strategy": strategy, "path": fast["path"],
-                                   "cache_mb": round(fast["cache_mb"], 1), "cache_seconds": round(fast["cache_seconds"], 2),
+                                   "cache_mb": round(fast["cache_mb"], 1),
+                                   "cache_seconds": round(fast["cache_seconds"], 2),
                                    "plain_curve": plain["curve"], "fast_curve": fast["curve"]})
             for n in counts:
                 a, b = summarize(plain, n), summarize(fast, n)
@@ -306,14 +309,16 @@ def run(args: argparse.Namespace) -> dict:
                        "speedup": round(a["seconds"] / b["seconds"], 2), "fast_path": fast["fast_path"],
                        "cache_mb": round(fast["cache_mb"], 1)}
                 report["rows"].append(row)
-                print(f"    {n} epochs: plain {a['seconds']:.1f}s acc {a['final_val_acc']:.3f}, fast {b['seconds']:.1f}s "
+                print(f"    {n} epochs: plain {a['seconds']:.1f}s acc {a['final_val_acc']:.3f}, "
+                      f"fast {b['seconds']:.1f}s "
                       f"acc {b['final_val_acc']:.3f}: {row['speedup']:.1f}x", flush=True)
             last_fast = (arch, fast["model"], fast["loaders"].class_names)
             del plain, fast
             _write(report, out, stamp)
     if last_fast and not args.no_inference:
         arch, model, class_names = last_fast
-        report["inference"] = {"arch": arch, **inference_benchmark(model, class_names, data_dir / "val", args.image_size)}
+        measured_inference = inference_benchmark(model, class_names, data_dir / "val", args.image_size)
+        report["inference"] = {"arch": arch, **measured_inference}
     paths = _write(report, out, stamp)
     print(markdown(report))
     print(f"\nwrote {paths[0]} and {paths[1]}")

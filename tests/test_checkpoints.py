@@ -72,9 +72,9 @@ def test_failed_save_keeps_previous_checkpoints(finished_run, monkeypatch):
 
 
 def test_interrupt_mid_training_keeps_a_resumable_run(tiny_data, tmp_path, monkeypatch, capsys):
-    from tlcourse import engine
+    from tlcourse import loops
 
-    real = engine.train_one_epoch
+    real = loops.train_one_epoch
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -83,7 +83,7 @@ def test_interrupt_mid_training_keeps_a_resumable_run(tiny_data, tmp_path, monke
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_one_epoch", interrupted)
+    monkeypatch.setattr(loops, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(data_dir=str(tiny_data), epochs=3, output_dir=str(tmp_path / "ck"), freeze="all", **FAST)
     out = capsys.readouterr().out

@@ -27,7 +27,7 @@ def test_rows_come_from_the_runs(two_runs):
         run = two_runs[row.name]
         assert row.best_acc == run.best["acc"] and row.best_epoch == run.best["acc_epoch"]
         assert row.final_acc == run.history[-1]["val_acc"]
-        assert row.seconds == pytest.approx(run.seconds) and row.path == run.path
+        assert row.seconds == pytest.approx(run.seconds) and row.route == run.route
     head, everything = table.row("head"), table.row("all")
     assert head.trainable == 512 * 2 + 2 and everything.trainable == everything.total > head.trainable
     assert head.total == everything.total
@@ -52,7 +52,7 @@ def test_best_epoch_tie_goes_to_the_first(two_runs):
         model = two_runs["head"].model
 
     row = strategy_row("fake", Fake())
-    assert (row.best_epoch, row.seconds, row.path) == (1, 3.0, "plain")
+    assert (row.best_epoch, row.seconds, row.route) == (1, 3.0, "plain")
     Fake.history = []
     with pytest.raises(ValueError, match="empty history"):
         strategy_row("empty", Fake())

@@ -13,18 +13,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_image_folder
 from PIL import Image
 from torchvision import transforms
 
 from tlcourse import TLCourseError
 from tlcourse import data as tldata
-from tlcourse.data import (IMAGENET_MEAN, IMAGENET_STD, MARKER, ImageFolderRGB, eval_transforms, fetch,
-                           make_loaders, summarize, train_transforms)
+from tlcourse.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MARKER,
+    ImageFolderRGB,
+    eval_transforms,
+    fetch,
+    make_loaders,
+    summarize,
+    train_transforms,
+)
 from tlcourse.images import open_rgb
 from tlcourse.settings import ENV_DATA_MIRROR
-
-from conftest import make_image_folder
-
 
 # --------------------------------------------------------------------------- archives
 

@@ -9,8 +9,15 @@ import torch
 
 from tlcourse import TLCourseError
 from tlcourse.checkpoints import CHECKPOINT_FILES, load_checkpoint
-from tlcourse.engine import (TrainConfig, best_from_history, compute_loss, format_epoch, loss_for_head,
-                             predictions, train)
+from tlcourse.engine import (
+    TrainConfig,
+    best_from_history,
+    compute_loss,
+    format_epoch,
+    loss_for_head,
+    predictions,
+    train,
+)
 
 FAST = dict(weights=None, batch_size=4, image_size=64, progress="none")
 
@@ -102,8 +109,8 @@ def test_epoch_line_format():
 
 def test_epoch_lines_are_printed(tiny_data, tmp_path, capsys):
     train(data_dir=str(tiny_data), epochs=2, output_dir=str(tmp_path), **{**FAST, "progress": "epoch"})
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("EPOCH")]
-    assert [l.split()[1] for l in lines] == ["1/2", "2/2"]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("EPOCH")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
 
 
 @pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", 0), ("lr", 0.0), ("lr", -1e-3),

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tlcourse import TLCourseError
+from tlcourse.archs import ARCHS
 from tlcourse.checkpoints import load_checkpoint, model_from_checkpoint
 from tlcourse.data import make_loaders
 from tlcourse.engine import TrainConfig, evaluate, train
-from tlcourse.fast import (CachedViews, DecodedImages, compute_cache, layer3_cache_bytes, prefix_problem,
-                           split_model)
+from tlcourse.fast import CachedViews, DecodedImages, cache_bytes_estimate, compute_cache, prefix_problem, split_model
 from tlcourse.freeze import apply_freeze
 from tlcourse.models import build_model
 
@@ -29,7 +29,7 @@ def one_thread():
 @pytest.fixture
 def no_checkpoint_files(monkeypatch):
     """Trajectory tests do not need the 45 MB ResNet-18 checkpoints fsync'ed every epoch."""
-    monkeypatch.setattr("tlcourse.engine.save_checkpoint_as", lambda checkpoint, paths: None)
+    monkeypatch.setattr("tlcourse.checkpoints.save_checkpoint_as", lambda checkpoint, paths: None)
 
 
 def _config(data_dir, tmp_path, **overrides) -> TrainConfig:
@@ -64,7 +64,7 @@ def test_cached_training_follows_the_plain_loss_trajectory(tiny_data_session, tm
     plain = train(cfg, fast="off")
     fast = train(cfg)                                               # fast="auto"
     assert fast.fast_path == expected
-    assert fast.path.startswith("cached ")
+    assert fast.route.startswith("cached ")
     _assert_same_trajectory(fast, plain)
     # The trained weights are the same too, including BatchNorm statistics of a trained layer4.
     for (name, a), b in zip(fast.model.state_dict().items(), plain.model.state_dict().values()):
@@ -80,7 +80,7 @@ def test_fp16_layer3_cache_stays_close_to_the_plain_loop(tiny_data_session, tmp_
     assert (half.float() - full).abs().max() <= 1e-3 * full.abs().max()   # fp16: 11 significant bits
     cfg = _config(tiny_data_session, tmp_path, freeze="last_stage")
     plain, fast = train(cfg, fast="off"), train(cfg)
-    assert fast.fast_path == "layer3" and "fp16" in fast.path
+    assert fast.fast_path == "layer3" and "fp16" in fast.route
     # Rounding differences grow a little over the training steps but stay small.
     assert _losses(fast) == pytest.approx(_losses(plain), abs=0.1)
 
@@ -97,23 +97,29 @@ def test_fast_checkpoint_is_a_full_model_with_the_same_accuracy(tiny_data_sessio
     assert all(row["path"] == "layer3" for row in result.history)
 
 
-def test_layer3_cache_memory_matches_the_formula(tiny_data_session):
-    model = apply_freeze(build_model("resnet18", 2, weights=None), "last_stage")
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize("point", ["features", "layer3"])
+def test_cache_memory_estimate_matches_the_real_cache(tiny_data_session, arch, point):
+    """``prepare`` decides from the estimate whether a cache fits; it must equal what is stored."""
+    model = apply_freeze(build_model(arch, 2, weights=None), "last_stage" if point == "layer3" else "head")
     loaders = make_loaders(tiny_data_session, image_size=SIZE, batch_size=4, augment=False)
-    cached, targets = compute_cache(split_model(model, "layer3").prefix, loaders.train.dataset, dtype=torch.float16)
+    dtype = torch.float16 if point == "layer3" else torch.float32
+    cached, targets = compute_cache(split_model(model, point).prefix, loaders.train.dataset, dtype=dtype)
     n = len(loaders.train.dataset)
-    assert cached.shape == (n, 256, SIZE // 16, SIZE // 16) and cached.dtype == torch.float16
-    assert cached.numel() * cached.element_size() == layer3_cache_bytes(n, "resnet18", SIZE) == n * 256 * 2 * 2 * 2
+    assert cached.numel() * cached.element_size() == cache_bytes_estimate(ARCHS[arch], n, SIZE, point, dtype)
     assert targets.tolist() == [t for _, t in loaders.train.dataset.samples]
-    # The whole ants/bees dataset (245 + 153 images) at 224 px fits the 120 MB budget.
-    assert layer3_cache_bytes(398, "resnet18", 224) == 398 * 256 * 14 * 14 * 2 <= 120e6
+    if point == "layer3" and arch == "resnet18":
+        assert cached.shape == (n, 256, SIZE // 16, SIZE // 16) and cached.dtype == torch.float16
+        # The whole ants/bees dataset (245 + 153 images) at 224 px fits the 120 MB budget.
+        assert cache_bytes_estimate(ARCHS[arch], 398, 224, point, dtype) == 398 * 256 * 14 * 14 * 2 <= 120e6
 
 
-def test_auto_falls_back_to_the_plain_loop_when_caching_would_change_results(tiny_data_session, tmp_path, no_checkpoint_files):
+def test_auto_falls_back_to_the_plain_loop_when_caching_would_change_results(tiny_data_session, tmp_path,
+                                                                             no_checkpoint_files):
     augmented = train(_config(tiny_data_session, tmp_path, epochs=1, augment=True))
-    assert augmented.fast_path == "plain" and "augmentation" in augmented.path
+    assert augmented.fast_path == "plain" and "augmentation" in augmented.route
     moving_bn = train(_config(tiny_data_session, tmp_path, epochs=1, bn_eval=False))
-    assert moving_bn.fast_path == "plain" and "bn_eval=False" in moving_bn.path
+    assert moving_bn.fast_path == "plain" and "bn_eval=False" in moving_bn.route
     with pytest.raises(TLCourseError, match="fast='features' cannot cache"):
         train(_config(tiny_data_session, tmp_path, epochs=1, bn_eval=False, fast="features"))
     with pytest.raises(TLCourseError, match="fast_views"):
@@ -130,10 +136,14 @@ def test_prefix_problem_sees_trainable_or_moving_layers():
 def test_augmented_views_are_seeded_and_cycle(tiny_data_session, tmp_path, no_checkpoint_files):
     cfg = _config(tiny_data_session, tmp_path, epochs=3, augment=True, fast_views=2)
     first, second = train(cfg), train(cfg)
-    assert first.fast_path == "views" and "2 augmented views" in first.path
+    assert first.fast_path == "views" and "2 augmented views" in first.route
     assert _losses(first) == _losses(second)
     views = CachedViews(torch.arange(6.0).view(2, 3), torch.zeros(3, dtype=torch.long))
-    assert [views[0][0].item() for _ in range(3)] == [0.0, 3.0, 0.0]
+    seen = []
+    for epoch in (1, 2, 3):
+        views.set_epoch(epoch)
+        seen.append([views[i][0].item() for i in range(3)])
+    assert seen == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0], [0.0, 1.0, 2.0]]
 
 
 def test_decoded_images_equal_the_pil_pipeline(tiny_data_session):
@@ -149,5 +159,5 @@ def test_decoded_images_equal_the_pil_pipeline(tiny_data_session):
 def test_all_layers_trainable_without_augmentation_decodes_once(tiny_data_session, tmp_path, no_checkpoint_files):
     cfg = _config(tiny_data_session, tmp_path, freeze="all", epochs=2)
     plain, fast = train(cfg, fast="off"), train(cfg)
-    assert fast.fast_path == "decode" and fast.path.startswith("images decoded once")
+    assert fast.fast_path == "decode" and fast.route.startswith("images decoded once")
     _assert_same_trajectory(fast, plain)

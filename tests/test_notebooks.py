@@ -15,8 +15,19 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tlcourse.course import (CHECK_MARKER, ENV_SMOKE, ENV_WEIGHTS, Job, declared_parameters, find_notebooks,
-                             kernel_command, plan, read_key_result, run_course, run_notebook)
+from tlcourse.course import (
+    CHECK_MARKER,
+    ENV_SMOKE,
+    ENV_WEIGHTS,
+    Job,
+    declared_parameters,
+    find_notebooks,
+    kernel_command,
+    plan,
+    read_key_result,
+    run_course,
+    run_notebook,
+)
 
 pytestmark = pytest.mark.notebooks
 
@@ -42,7 +53,8 @@ def test_notebook_follows_the_course_rules(path):
     assigned = [t.id for node in ast.parse(tagged[0].source).body if isinstance(node, ast.Assign)
                 for t in node.targets if isinstance(t, ast.Name)]
     # papermill skips lines it cannot parse (e.g. `x = a == b`): such a parameter could never be set
-    assert sorted(declared) == sorted(assigned), f"papermill sees {sorted(declared)}, the cell assigns {sorted(assigned)}"
+    assert sorted(declared) == sorted(assigned), \
+        f"papermill sees {sorted(declared)}, the cell assigns {sorted(assigned)}"
     if "weights" in declared:
         assert ENV_WEIGHTS in declared["weights"], "weights default must read TLCOURSE_WEIGHTS (nbval runs offline)"
     if "smoke" in declared:
@@ -85,7 +97,8 @@ def test_kernel_runs_this_interpreter(tmp_path):
 def test_offline_plan_uses_random_init_for_structure_notebooks():
     jobs = plan(NOTEBOOKS, weights_available=False)
     for job in jobs:
-        if "weights" in declared_parameters(job.path) and "offline_arch" not in nbformat.read(job.path, 4).metadata.get("tlcourse", {}):
+        offline_arch = nbformat.read(job.path, 4).metadata.get("tlcourse", {}).get("offline_arch")
+        if "weights" in declared_parameters(job.path) and not offline_arch:
             assert job.parameters["weights"] is None and "none" in job.weights
     online = plan(NOTEBOOKS[:1], weights_available=True, overrides={"num_classes": 3, "unknown": 1})
     assert online[0].parameters == {"weights": "DEFAULT", "num_classes": 3}
@@ -137,7 +150,8 @@ def test_offline_plan_for_a_notebook_that_supports_mobilenet(tmp_path, monkeypat
     # a local backbone: the real (non-smoke) run with it
     (weights_dir / "mobilenet_v2_imagenet_backbone.pth").write_bytes(b"")
     (job,) = plan([source], weights_available=False)
-    assert job.parameters == {"arch": "mobilenet_v2", "weights": str(weights_dir / "mobilenet_v2_imagenet_backbone.pth")}
+    expected = str(weights_dir / "mobilenet_v2_imagenet_backbone.pth")
+    assert job.parameters == {"arch": "mobilenet_v2", "weights": expected}
     assert job.weights == "mobilenet_v2 mobilenet_v2_imagenet_backbone.pth"
     # ResNet-18 weights found in TLCOURSE_WEIGHTS_DIR: passed as a file; explicit -p weights wins
     (job,) = plan([source], default_weights=str(weights_dir / "resnet18-f37072fd.pth"))

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import make_image_folder
+
 from tlcourse import TLCourseError
 from tlcourse.checks import check_dataset
 from tlcourse.data import make_loaders

@@ -172,7 +172,8 @@ def test_unusual_images_load_without_problem(tmp_path, name):
     if name == "rgba.png":
         assert (pixels == 255).all()  # transparent → white background
     if name == "deep.png":
-        assert pixels.min() == 0 and 240 <= pixels.max() <= 255 and len(np.unique(pixels)) > 100  # rescaled, not clipped
+        # rescaled, not clipped
+        assert pixels.min() == 0 and 240 <= pixels.max() <= 255 and len(np.unique(pixels)) > 100
 
 
 def test_unusual_images_in_a_dataset_are_counted_not_reported(tiny_data):

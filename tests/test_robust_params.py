@@ -7,7 +7,8 @@ import pytest
 from tlcourse import TLCourseError
 from tlcourse.data import make_loaders
 from tlcourse.freeze import apply_freeze
-from tlcourse.models import build_model, make_head
+from tlcourse.heads import make_head
+from tlcourse.models import build_model
 from tlcourse.optim import make_optimizer
 
 
@@ -51,7 +52,8 @@ def test_smallest_valid_settings_work(tiny_data):
 
 
 def test_unknown_arch():
-    with pytest.raises(TLCourseError, match=r"arch='resnet99' is not supported; choose one of resnet18, .*mobilenet_v2"):
+    with pytest.raises(TLCourseError,
+                       match=r"arch='resnet99' is not supported; choose one of resnet18, .*mobilenet_v2"):
         build_model("resnet99", 2, weights=None)
 
 

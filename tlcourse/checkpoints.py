@@ -8,24 +8,29 @@ needs an explicit ``trust=True`` to load.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import shutil
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
 from . import TLCourseError, __version__
+from .files import atomic_write
+from .history import write_history
 from .settings import checkpoints_root
 
 FORMAT = "tlcourse-checkpoint"
 FORMAT_VERSION = 1
-CHECKPOINT_FILES = ("latest.pt", "best_acc.pt", "best_loss.pt")
+#: The files of a run folder; every module takes the names from here.
+LATEST, BEST_ACC, BEST_LOSS = "latest.pt", "best_acc.pt", "best_loss.pt"
+CHECKPOINT_FILES = (LATEST, BEST_ACC, BEST_LOSS)
+#: Which file each "best" mark of an epoch goes to.
+BEST_FILES = {"best_acc": BEST_ACC, "best_loss": BEST_LOSS}
+ARGS_JSON = "args.json"
 
 
 # --------------------------------------------------------------------------- run folders
@@ -52,26 +57,7 @@ def new_run_dir(run_name: str, root: str | Path | None = None, *, now: datetime 
     raise TLCourseError(f"could not create a new run folder for {run_name!r} in {root}")
 
 
-# --------------------------------------------------------------------------- atomic writes
-
-def atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it over.
-
-    A crash or exception mid-write leaves the previous ``path`` untouched and no temp file.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
+# --------------------------------------------------------------------------- atomic saves
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
     return atomic_write(path, lambda fh: torch.save(checkpoint, fh))
@@ -97,10 +83,6 @@ def save_checkpoint_as(checkpoint: dict, paths: list[Path]) -> None:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-
-
-def write_json(obj: Any, path: str | Path) -> Path:
-    return atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=2, default=str).encode()))
 
 
 # --------------------------------------------------------------------------- building checkpoints
@@ -138,6 +120,50 @@ def make_checkpoint(model: nn.Module, *, epoch: int, class_names: list[str], spe
         "rng": rng or {},
         "versions": versions(),
     }
+
+
+class CheckpointSaver:
+    """Writes a run folder after each epoch, as timm's ``CheckpointSaver`` does.
+
+    ``latest.pt`` every epoch; ``best_acc.pt`` / ``best_loss.pt`` when the epoch is the best
+    so far by that measure (one serialisation, hard links for the other names); then the history
+    files, so the history never lists an epoch whose checkpoint was not written. ``meta`` holds
+    what the checkpoint records besides the model: ``class_names``, ``freeze``, ``image_size``,
+    ``config`` (and optionally ``mean``/``std``).
+    """
+
+    def __init__(self, run_dir: str | Path, *, class_names: list[str], freeze: str, image_size: int,
+                 config: dict | None = None, mean=None, std=None):
+        from .data import IMAGENET_MEAN, IMAGENET_STD
+
+        self.run_dir = Path(run_dir)
+        self.class_names = list(class_names)
+        self.freeze, self.image_size, self.config = freeze, image_size, dict(config or {})
+        self.mean, self.std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
+        self.saved_epoch: int | None = None   # the epoch latest.pt holds
+
+    @property
+    def latest(self) -> Path:
+        return self.run_dir / LATEST
+
+    def save(self, model: nn.Module, *, history: list[dict], best: dict, marks: list[str], optimizer=None,
+             scheduler=None, rng: dict | None = None) -> None:
+        """Save the last epoch of ``history``; ``marks`` are its ``best_acc``/``best_loss`` titles."""
+        row = history[-1]
+        spec = getattr(model, "tlcourse_spec", None)
+        if not isinstance(spec, dict) or "arch" not in spec:
+            raise TLCourseError("the model has no tlcourse_spec (arch, head, classes); build it with "
+                                "tlcourse.models.build_model so that its checkpoints can be rebuilt")
+        metrics = {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
+        checkpoint = make_checkpoint(
+            model, epoch=row["epoch"], class_names=self.class_names, spec=spec, freeze=self.freeze,
+            image_size=self.image_size, mean=self.mean, std=self.std, metrics=metrics, optimizer=optimizer,
+            scheduler=scheduler, history=history, best=best, config=self.config, rng=rng)
+        # Best files first, latest last: if the process dies in between, latest.pt is the older
+        # one and a resume simply repeats this epoch.
+        save_checkpoint_as(checkpoint, [self.run_dir / BEST_FILES[m] for m in marks] + [self.latest])
+        self.saved_epoch = row["epoch"]
+        write_history(history, self.run_dir)
 
 
 # --------------------------------------------------------------------------- loading
@@ -194,11 +220,15 @@ def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") 
     return model
 
 
-def model_from_checkpoint(checkpoint: dict | str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the exact model a checkpoint was trained as (no download needed) in eval mode."""
+def model_from_checkpoint(checkpoint: dict | str | Path, device: str | torch.device = "cpu", *,
+                          source: str | None = None) -> nn.Module:
+    """Rebuild the exact model a checkpoint was trained as (no download needed) in eval mode.
+
+    ``predict``, ``interpret`` and resuming in ``engine.train`` all rebuild models here.
+    """
     from .models import build_model
 
-    source = str(checkpoint) if not isinstance(checkpoint, dict) else "checkpoint"
+    source = source or (str(checkpoint) if not isinstance(checkpoint, dict) else "checkpoint")
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = build_model(ckpt["arch"], ckpt["num_classes"], weights=None, head=ckpt["head"],
                         **ckpt.get("head_kwargs", {}))

@@ -9,10 +9,10 @@ can never drift from what was actually trained.
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
-from .engine import best_from_history
+from .history import best_from_history
 from .models import count_parameters
 
 
@@ -25,19 +25,19 @@ class StrategyRow:
     trainable: int
     total: int
     seconds: float          # RunResult.seconds: the epochs plus any one-time caching
-    path: str = "plain"     # which training path ran (RunResult.path)
+    route: str = "plain"    # which training route ran (RunResult.route)
 
     @property
     def percent_trainable(self) -> float:
         return 100.0 * self.trainable / self.total if self.total else 0.0
 
 
-HEADERS = ("strategy", "best val_acc", "at epoch", "final val_acc", "trainable params", "time", "path")
+HEADERS = ("strategy", "best val_acc", "at epoch", "final val_acc", "trainable params", "time", "route")
 
 
 def _cells(row: StrategyRow) -> tuple[str, ...]:
     return (row.name, f"{row.best_acc:.4f}", str(row.best_epoch), f"{row.final_acc:.4f}",
-            f"{row.trainable:,} ({row.percent_trainable:.1f}%)", f"{row.seconds:.1f}s", row.path)
+            f"{row.trainable:,} ({row.percent_trainable:.1f}%)", f"{row.seconds:.1f}s", row.route)
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class StrategyTable:
 
 
 def strategy_row(name: str, result) -> StrategyRow:
-    """One row from a ``RunResult`` (anything with ``history``, ``best``, ``model``, ``path``)."""
+    """One row from a ``RunResult`` (anything with ``history``, ``model`` and optionally ``seconds``, ``route``)."""
     history = result.history
     if not history:
         raise ValueError(f"run {name!r} has an empty history: nothing was trained")
@@ -81,7 +81,7 @@ def strategy_row(name: str, result) -> StrategyRow:
     if seconds is None:  # a bare record with only a history
         seconds = sum(r["seconds"] for r in history)
     return StrategyRow(name, best["acc"], best["acc_epoch"], history[-1]["val_acc"], trainable, total,
-                       seconds, getattr(result, "path", "plain"))
+                       seconds, getattr(result, "route", "plain"))
 
 
 def compare_runs(results: Mapping[str, object]) -> StrategyTable:

@@ -96,7 +96,8 @@ def kernel_command() -> list[str]:
     try:
         cmd = KernelManager(kernel_name=KERNEL_NAME).format_kernel_cmd()
     except Exception as exc:  # NoSuchKernel
-        raise TLCourseError(f"no {KERNEL_NAME!r} Jupyter kernel ({exc}); run: {sys.executable} -m pip install ipykernel") from exc
+        raise TLCourseError(f"no {KERNEL_NAME!r} Jupyter kernel ({exc}); "
+                            f"run: {sys.executable} -m pip install ipykernel") from exc
     if Path(cmd[0]).resolve() != Path(sys.executable).resolve():
         raise TLCourseError(
             f"the {KERNEL_NAME!r} Jupyter kernel runs {cmd[0]}, not this Python ({sys.executable}); "
@@ -317,7 +318,7 @@ def run_course(*, folder: str | Path | None = None, output: str | Path | None = 
 
 # --------------------------------------------------------------------------- committed outputs
 
-def clean_notebook(nb) -> "object":
+def clean_notebook(nb) -> object:
     """Keep outputs only on ``# NBVAL_CHECK_OUTPUT`` cells; drop run metadata, widget state, counters.
 
     Those outputs are deterministic (structure, counts, reports) and nbval checks them; anything

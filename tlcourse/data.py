@@ -15,9 +15,9 @@ import urllib.request
 import warnings
 import zipfile
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -25,15 +25,15 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 from . import TLCourseError
+from .checks import SPLITS, DatasetCheck, ImageLoadError, check_dataset, check_split, describe_load_error
+from .config import check_field
 from .images import is_image_file, open_rgb
-from .checks import DatasetCheck, ImageLoadError, check_dataset, check_split, describe_load_error
 from .settings import HYMENOPTERA_SHA256, HYMENOPTERA_URL, data_mirror, data_root
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MARKER = ".tlcourse-complete"
 DATASET_NAME = "hymenoptera_data"
-SPLITS = ("train", "val")
 
 
 # --------------------------------------------------------------------------- download
@@ -148,14 +148,27 @@ def fetch(
 
 # --------------------------------------------------------------------------- transforms
 
+def resize_size(image_size: int) -> int:
+    """Short side before the centre crop: 256 for 224, the ImageNet convention."""
+    return round(image_size * 256 / 224)
+
+
+def augmentations(image_size: int = 224) -> list:
+    """The random part of training: resized crop of 50-100 %, horizontal flip, mild rotation.
+
+    The same transforms work on PIL images (the plain loop) and uint8 tensors (``tlcourse.fast``).
+    """
+    return [transforms.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomRotation(10)]
+
+
 def train_transforms(image_size: int = 224, augment: bool = True) -> Callable:
-    """Augmentation for training: random resized crop, horizontal flip, mild rotation."""
+    """Augmentation for training (see :func:`augmentations`), then tensor and normalisation."""
     if not augment:
         return eval_transforms(image_size)
     return transforms.Compose([
-        transforms.RandomResizedCrop(image_size, scale=(0.5, 1.0)),
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomRotation(10),
+        *augmentations(image_size),
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
@@ -164,7 +177,7 @@ def train_transforms(image_size: int = 224, augment: bool = True) -> Callable:
 def eval_transforms(image_size: int = 224) -> Callable:
     """Deterministic evaluation: resize the short side to 256/224 of the crop, centre-crop."""
     return transforms.Compose([
-        transforms.Resize(round(image_size * 256 / 224)),
+        transforms.Resize(resize_size(image_size)),
         transforms.CenterCrop(image_size),
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -253,27 +266,15 @@ class Loaders:
     check: DatasetCheck | None = None
 
 
-#: Smallest ``image_size``: the networks downsample by 32, so below that the last stage sees
-#: less than one pixel of the input.
-MIN_IMAGE_SIZE = 32
 BAD_IMAGE_POLICIES = ("error", "skip")
 
 
 def check_loader_params(image_size: int, batch_size: int, num_workers: int, subset: int | None,
                         bad_images: str, verify_images: bool) -> None:
-    """Clear errors naming the parameter, before any file is touched."""
-    def is_int(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if not is_int(batch_size) or batch_size < 1:
-        raise TLCourseError(f"batch_size={batch_size!r} must be an integer >= 1 (typical: 16-64; lower it if memory runs out)")
-    if not is_int(image_size) or image_size < MIN_IMAGE_SIZE:
-        raise TLCourseError(f"image_size={image_size!r} is too small for the network: it downsamples by 32, "
-                            f"use at least {MIN_IMAGE_SIZE} (the pretrained weights saw 224)")
-    if not is_int(num_workers) or num_workers < 0:
-        raise TLCourseError(f"num_workers={num_workers!r} must be an integer >= 0 (0 loads in the main process)")
-    if subset is not None and (not is_int(subset) or subset < 1):
-        raise TLCourseError(f"subset={subset!r} must be an integer >= 1, or None for all images")
+    """Clear errors naming the parameter, before any file is touched (the checks of ``TrainConfig``)."""
+    for name, value in (("batch_size", batch_size), ("image_size", image_size), ("num_workers", num_workers),
+                        ("subset", subset)):
+        check_field(name, value)
     if bad_images not in BAD_IMAGE_POLICIES:
         raise TLCourseError(f"bad_images={bad_images!r} is not a policy; choose 'error' or 'skip'")
     if bad_images == "skip" and not verify_images:

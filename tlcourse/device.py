@@ -1,4 +1,5 @@
-"""Pick a device (CUDA, then Apple MPS, then CPU) and seed every random number generator."""
+"""Pick a device (CUDA, then Apple MPS, then CPU), seed every random number generator, and
+save and restore their state (so a resumed run draws the same numbers as an uninterrupted one)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,25 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict:
+    """The random state that decides the next epoch (shuffling, augmentation, dropout)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if generator is not None:
+        state["loader"] = generator.get_state()
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if generator is not None and "loader" in state:
+        generator.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

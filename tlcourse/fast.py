@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -33,14 +33,19 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
 from . import TLCourseError
-from .data import IMAGENET_MEAN, IMAGENET_STD, Loaders
+from .archs import ArchSpec, spec_of
+from .config import FAST_MODES, TrainConfig
+from .data import IMAGENET_MEAN, IMAGENET_STD, Loaders, augmentations, resize_size
+from .freeze import trunk
 from .images import open_rgb
 
-FAST_MODES = ("auto", "off", "features", "layer3", "decode")
-#: Largest in-memory copy the ``auto`` mode makes without being asked (decoded images).
-AUTO_MEMORY_LIMIT = 2 * 1024**3
+__all__ = ["FAST_MODES", "CachedForward", "CachedTensors", "CachedViews", "DecodedImages", "FastSetup", "Split",
+           "cache_bytes_estimate", "choose_path", "compute_cache", "prefix_problem", "prepare", "split_model"]
 
-_STAGE_NAMES = {"features": "pooled features", "layer3": "layer3 activations"}
+#: Largest in-memory copy the ``auto`` mode makes without being asked (decoded images, caches).
+AUTO_MEMORY_LIMIT = 2 * 1024**3
+#: Cut points: before the head (pooled features) and before the last stage.
+CUT_POINTS = ("features", "layer3")
 
 
 # --------------------------------------------------------------------------- splitting a model
@@ -62,21 +67,23 @@ class Split:
 
 
 def split_model(model: nn.Module, at: str) -> Split:
-    """Cut a ResNet or MobileNetV2 before its head (``at="features"``) or before its last stage
-    (``at="layer3"``). Both halves hold the model's own submodules, so parameters are shared."""
-    if at not in _STAGE_NAMES:
+    """Cut a model before its head (``at="features"``) or before its last stage (``at="layer3"``).
+
+    The cut points come from ``tlcourse.archs``: the trunk runs in order, then global average
+    pooling, then the head. Both halves hold the model's own submodules (shared parameters).
+    """
+    if at not in CUT_POINTS:
         raise TLCourseError(f"cannot split at {at!r}; choose 'features' or 'layer3'")
-    if hasattr(model, "layer4"):
-        stem = [model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3]
-        if at == "features":
-            return Split(nn.Sequential(*stem, model.layer4, Pool()), model.fc, "pooled features")
-        return Split(nn.Sequential(*stem), nn.Sequential(model.layer4, Pool(), model.fc), "layer3 activations")
-    if hasattr(model, "features") and hasattr(model, "classifier"):
-        if at == "features":
-            return Split(nn.Sequential(model.features, Pool()), model.classifier, "pooled features")
-        return Split(model.features[:14], nn.Sequential(model.features[14:], Pool(), model.classifier),
-                     "features.13 activations")
-    raise TLCourseError(f"{type(model).__name__} has no known split point; use fast='off'")
+    spec = spec_of(model)
+    modules = trunk(model)
+    head = model.get_submodule(spec.head)
+    if at == "features":
+        return Split(nn.Sequential(*(m for _, m in modules), Pool()), head, "pooled features")
+    names = [n for n, _ in modules]
+    cut = names.index(spec.last_stage[0])
+    return Split(nn.Sequential(*(m for _, m in modules[:cut])),
+                 nn.Sequential(*(m for _, m in modules[cut:]), Pool(), head),
+                 f"{names[cut - 1]} activations")
 
 
 def prefix_problem(prefix: nn.Module) -> str | None:
@@ -91,8 +98,7 @@ def prefix_problem(prefix: nn.Module) -> str | None:
     modes = {m: m.training for m in prefix.modules()}
     try:
         prefix.train()
-        moving = [n for n, m in prefix.named_modules()
-                  if m.training and isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))]
+        moving = [n for n, m in prefix.named_modules() if m.training and _is_random_layer(m)]
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -100,6 +106,13 @@ def prefix_problem(prefix: nn.Module) -> str | None:
         return (f"frozen {moving[0]} would still run in training mode (bn_eval=False), so its "
                 "output changes every step")
     return None
+
+
+def _is_random_layer(module: nn.Module) -> bool:
+    """Layers whose training-mode output is not a fixed function of the input."""
+    from torchvision.ops import StochasticDepth
+
+    return isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.Dropout, StochasticDepth))
 
 
 class CachedForward(nn.Module):
@@ -166,31 +179,38 @@ class CachedTensors(Dataset):
 
 
 class CachedViews(Dataset):
-    """``K`` cached augmented views per image; the n-th time an image is fetched it gives view
-    ``(first_view + n) mod K``, so each epoch sees one view of every image, in turn."""
+    """``K`` cached augmented views per image; epoch ``e`` (1-based) serves view ``(e - 1) mod K``.
 
-    def __init__(self, views: torch.Tensor, targets: torch.Tensor, first_view: int = 0):
+    The epoch is set explicitly with :meth:`set_epoch` (``fit`` calls it before every epoch,
+    as timm does for its samplers), so an epoch cut short or a resumed run stays in step.
+    """
+
+    def __init__(self, views: torch.Tensor, targets: torch.Tensor):
         self.views, self.targets = views, targets          # views: (K, N, ...)
-        self.fetched = [first_view] * len(targets)
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def view(self) -> int:
+        return (self.epoch - 1) % len(self.views)
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index: int):
-        view = self.fetched[index] % len(self.views)
-        self.fetched[index] += 1
-        return self.views[view, index], self.targets[index]
+        return self.views[self.view, index], self.targets[index]
 
 
-def layer3_cache_bytes(num_images: int, arch: str = "resnet18", image_size: int = 224,
-                       dtype: torch.dtype = torch.float16) -> int:
-    """Size of a last-stage input cache: N x C x (S/16) x (S/16) x bytes per element.
-
-    The cut sits at stride 16: ResNet-18/34 give 256 channels (ResNet-50: 1024), MobileNetV2 96.
-    """
-    channels = {"resnet18": 256, "resnet34": 256, "resnet50": 1024, "mobilenet_v2": 96}[arch]
+def cache_bytes_estimate(spec: ArchSpec, num_images: int, image_size: int, point: str,
+                         dtype: torch.dtype = torch.float32, views: int = 1) -> int:
+    """Memory a cache will take: pooled features, or the last stage's input at stride 16."""
+    element = torch.empty((), dtype=dtype).element_size()
+    if point == "features":
+        return num_images * views * spec.feature_dim * element
     side = math.ceil(image_size / 16)
-    return num_images * channels * side * side * torch.empty((), dtype=dtype).element_size()
+    return num_images * views * spec.cut_channels * side * side * element
 
 
 # --------------------------------------------------------------------------- decode once
@@ -214,8 +234,7 @@ class DecodedImages(Dataset):
     """
 
     def __init__(self, samples: list[tuple[str, int]], image_size: int = 224, augment: bool = False):
-        resize = round(image_size * 256 / 224)
-        decode = [transforms.Resize(resize)] + ([] if augment else [transforms.CenterCrop(image_size)])
+        decode = [transforms.Resize(resize_size(image_size))] + ([] if augment else [transforms.CenterCrop(image_size)])
         decode = transforms.Compose([*decode, transforms.PILToTensor()])
         self.paths = [Path(p) for p, _ in samples]
         self.targets = [t for _, t in samples]
@@ -227,13 +246,8 @@ class DecodedImages(Dataset):
                 raise TLCourseError(f"image {path} cannot be read ({exc}); remove it or replace it") from None
         normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
         if augment:
-            self.transform = transforms.Compose([
-                transforms.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
-                transforms.RandomHorizontalFlip(),
-                transforms.RandomRotation(10),
-                transforms.ConvertImageDtype(torch.float32),
-                normalize,
-            ])
+            self.transform = transforms.Compose([*augmentations(image_size),
+                                                 transforms.ConvertImageDtype(torch.float32), normalize])
         else:
             self.transform = transforms.Compose([transforms.ConvertImageDtype(torch.float32), normalize])
 
@@ -261,10 +275,6 @@ class FastSetup:
     forward_model: nn.Module | None = None
     cache_bytes: int = 0
     seconds: float = 0.0
-
-    @property
-    def is_fast(self) -> bool:
-        return self.name != "plain"
 
 
 def _inner(dataset: Dataset) -> Dataset:
@@ -294,7 +304,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def choose_path(model: nn.Module, cfg, train_dataset: Dataset) -> tuple[str, str | None, str]:
+def choose_path(model: nn.Module, cfg: TrainConfig, train_dataset: Dataset) -> tuple[str, str | None, str]:
     """(path, cut point or None, reason) for a config; raises if a forced path is impossible."""
     fast, freeze = cfg.fast, cfg.freeze
     augmented = cfg.augment or _is_random(getattr(_inner(train_dataset), "transform", None))
@@ -331,7 +341,7 @@ def choose_path(model: nn.Module, cfg, train_dataset: Dataset) -> tuple[str, str
     return point, point, f"frozen prefix and no augmentation: caching is {exact}"
 
 
-def prepare(model: nn.Module, loaders: Loaders, cfg, device, *, start_epoch: int = 0,
+def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
             log: Callable[[str], None] = print) -> FastSetup:
     """Choose the training path for ``cfg`` and build its loaders (and caches); log one line."""
     device = torch.device(device)
@@ -349,7 +359,7 @@ def prepare(model: nn.Module, loaders: Loaders, cfg, device, *, start_epoch: int
         augmented = cfg.augment or _is_random(getattr(_inner(train_set), "transform", None))
         size = loaders.image_size
         samples = {s: _samples(d) for s, d in (("train", train_set), ("val", val_set))}
-        estimate = sum(len(v) for v in samples.values()) * 3 * round(size * 256 / 224) ** 2 * (2 if augmented else 1)
+        estimate = sum(len(v) for v in samples.values()) * 3 * resize_size(size) ** 2 * (2 if augmented else 1)
         if cfg.fast == "auto" and estimate > AUTO_MEMORY_LIMIT:
             setup = FastSetup("plain", f"plain loop (decoding all images would take ~{_mb(estimate)} of memory)",
                               loaders.train, loaders.val)
@@ -369,18 +379,27 @@ def prepare(model: nn.Module, loaders: Loaders, cfg, device, *, start_epoch: int
 
     split = split_model(model, point)
     dtype = torch.float16 if (point == "layer3" and cfg.fast_dtype == "float16") else torch.float32
+    views = cfg.fast_views if name == "views" else 1
+    estimate = cache_bytes_estimate(spec_of(model), len(train_set) * views + len(val_set), loaders.image_size,
+                                    point, dtype)
+    if cfg.fast == "auto" and estimate > AUTO_MEMORY_LIMIT:
+        setup = FastSetup("plain", f"plain loop (caching {split.point} would take ~{_mb(estimate)} of memory, "
+                                   f"over the {_mb(AUTO_MEMORY_LIMIT)} limit of fast='auto')",
+                          loaders.train, loaders.val)
+        log(f"training path: {setup.description}")
+        return setup
     common = dict(batch_size=loaders.train.batch_size, device=device, dtype=dtype, num_workers=workers,
                   channels_last=cfg.channels_last)
     val_x, val_y = compute_cache(split.prefix, val_set, **common)
     if name == "views":
-        views = []
+        cached = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)   # the augmentations drawn for the views are seeded
             for _ in range(cfg.fast_views):   # each view continues the seeded random stream
                 x, train_y = compute_cache(split.prefix, train_set, keep_rng=False, **common)
-                views.append(x)
-        train_x = torch.stack(views)
-        train_d = CachedViews(train_x, train_y, first_view=start_epoch)
+                cached.append(x)
+        train_x = torch.stack(cached)
+        train_d = CachedViews(train_x, train_y)
     else:
         train_x, train_y = compute_cache(split.prefix, train_set, **common)
         train_d = CachedTensors(train_x, train_y)
@@ -390,7 +409,8 @@ def prepare(model: nn.Module, loaders: Loaders, cfg, device, *, start_epoch: int
     what = split.point + (" (fp16)" if dtype == torch.float16 else "")
     if name == "views":
         description = (f"cached {what} of {passes} augmented views per training image ({passes} backbone passes "
-                       f"over {len(train_y)} train images + 1 over {len(val_y)} val, {_mb(cache_bytes)}, {seconds:.1f} s)")
+                       f"over {len(train_y)} train images + 1 over {len(val_y)} val, {_mb(cache_bytes)}, "
+                       f"{seconds:.1f} s)")
     else:
         description = (f"cached {what} (1 backbone pass over {len(train_y) + len(val_y)} images, "
                        f"{_mb(cache_bytes)}, {seconds:.1f} s)")

@@ -15,35 +15,16 @@ from torch import nn
 from torchvision import models as tvm
 
 from . import TLCourseError
+from .archs import ARCHS, get_spec
+from .heads import replace_head
 from .settings import weights_dir
 
-#: Architectures the course supports, and the attribute holding each one's classifier head.
-ARCHS: dict[str, str] = {
-    "resnet18": "fc",
-    "resnet34": "fc",
-    "resnet50": "fc",
-    "mobilenet_v2": "classifier",
-}
-HEADS = ("linear", "binary", "mlp")
+__all__ = ["ARCHS", "build_model", "check_arch", "count_parameters", "find_local_weights", "load_backbone_weights",
+           "replace_head", "weights_cache_path", "weights_enum"]
 
 
 def check_arch(arch: str) -> str:
-    if arch not in ARCHS:
-        raise TLCourseError(f"arch={arch!r} is not supported; choose one of {', '.join(ARCHS)}")
-    return arch
-
-
-def head_name(model_or_arch: nn.Module | str) -> str:
-    """Name of the classifier attribute: ``fc`` on ResNets, ``classifier`` on MobileNetV2."""
-    if isinstance(model_or_arch, str):
-        return ARCHS[check_arch(model_or_arch)]
-    return "fc" if hasattr(model_or_arch, "fc") else "classifier"
-
-
-def head_in_features(model: nn.Module) -> int:
-    head = getattr(model, head_name(model))
-    linears = [m for m in head.modules() if isinstance(m, nn.Linear)] if not isinstance(head, nn.Linear) else [head]
-    return linears[0].in_features
+    return get_spec(arch).name
 
 
 # --------------------------------------------------------------------------- weights
@@ -93,7 +74,7 @@ def load_backbone_weights(model: nn.Module, path: str | Path, arch: str) -> list
     path = Path(path)
     state = _read_state_dict(path)
     own = model.state_dict()
-    head = head_name(arch) + "."
+    head = get_spec(arch).head + "."
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in usable]
     # BatchNorm's num_batches_tracked counter is absent from files saved before PyTorch 0.4.1
@@ -131,41 +112,7 @@ def _load_named_weights(arch: str, name: str) -> nn.Module:
         ) from exc
 
 
-# --------------------------------------------------------------------------- heads
-
-def make_head(in_features: int, num_classes: int, head: str = "linear", *,
-              hidden: int = 256, dropout: float = 0.4) -> nn.Module:
-    """A new classifier head.
-
-    * ``linear``: ``Linear(in, num_classes)``, for ``CrossEntropyLoss``.
-    * ``binary``: a single logit, for ``BCEWithLogitsLoss`` (two classes only).
-    * ``mlp``: ``Linear(in, hidden) → ReLU → Dropout → Linear(hidden, num_classes)``.
-
-    No softmax/log-softmax layer: the losses take raw logits, which is numerically safer.
-    """
-    if head not in HEADS:
-        raise TLCourseError(f"head={head!r} is not supported; choose one of {', '.join(HEADS)}")
-    if num_classes < 2:
-        raise TLCourseError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
-    if head == "binary":
-        if num_classes != 2:
-            raise TLCourseError(f"head='binary' is a single logit for 2 classes, not {num_classes}; use head='linear'")
-        return nn.Linear(in_features, 1)
-    if head == "mlp":
-        return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
-                             nn.Dropout(dropout), nn.Linear(hidden, num_classes))
-    return nn.Linear(in_features, num_classes)
-
-
-def replace_head(model: nn.Module, num_classes: int, head: str = "linear", **head_kwargs) -> nn.Module:
-    """Swap the ImageNet classifier for a new head; MobileNetV2 keeps its dropout in front."""
-    attr = head_name(model)
-    new = make_head(head_in_features(model), num_classes, head, **head_kwargs)
-    if attr == "classifier" and head != "mlp":
-        new = nn.Sequential(nn.Dropout(0.2), new)
-    setattr(model, attr, new)
-    return model
-
+# --------------------------------------------------------------------------- the model
 
 def build_model(
     arch: str = "resnet18",
@@ -190,11 +137,10 @@ def build_model(
     else:
         model = _load_named_weights(arch, str(weights))
         source = str(weights)
-    replace_head(model, num_classes, head, **head_kwargs)
     # A plain dict (not a class) so that full-model pickles do not need extra classes.
     model.tlcourse_spec = {"arch": arch, "num_classes": num_classes, "head": head, "weights": source,
                            "head_kwargs": dict(head_kwargs)}
-    return model
+    return replace_head(model, num_classes, head, **head_kwargs)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -6,21 +6,19 @@ Per-block learning rates follow d2l's fine-tuning chapter: the new head learns f
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from . import TLCourseError
-from .freeze import block_of, head_block
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "step", "cosine")
+from .archs import block_of
+from .config import OPTIMIZERS, SCHEDULERS, check_field
+from .freeze import head_block
 
 
 def check_lr(lr: float) -> None:
-    if not lr > 0:  # also catches NaN
-        raise TLCourseError(f"lr={lr} must be > 0 (typical: 1e-3 for a new head, 1e-4 for fine-tuning)")
+    check_field("lr", lr)
 
 
 def param_groups(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import torch
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
-from .engine import best_from_history
+from .history import best_from_history
 from .images import open_rgb
 from .predict import Prediction
 

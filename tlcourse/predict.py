@@ -12,9 +12,9 @@ course's CLI does::
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from . import TLCourseError
 from .checkpoints import load_checkpoint, model_from_checkpoint
 from .data import eval_transforms
 from .device import select_device
+from .heads import probabilities
 from .images import is_image_file, open_rgb
 
 
@@ -43,14 +44,6 @@ class Prediction:
     @property
     def correct(self) -> bool | None:
         return None if self.true_label is None else self.label == self.true_label
-
-
-def probabilities(outputs: torch.Tensor) -> torch.Tensor:
-    """Class probabilities: softmax over N logits, or (1 - p, p) for a single binary logit."""
-    if outputs.ndim == 2 and outputs.shape[1] == 1:
-        p = torch.sigmoid(outputs)
-        return torch.cat([1 - p, p], dim=1)
-    return torch.softmax(outputs, dim=1)
 
 
 def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
@@ -113,7 +106,8 @@ class Predictor:
             raise TLCourseError(f"folder {folder} holds no images ({', '.join(('.jpg', '.png', '...'))})")
         return self.predict_paths(paths, topk, batch_size)
 
-    def predict_random(self, folder: str | Path, n: int = 5, topk: int = 2, seed: int | None = None) -> list[Prediction]:
+    def predict_random(self, folder: str | Path, n: int = 5, topk: int = 2,
+                       seed: int | None = None) -> list[Prediction]:
         """``n`` images drawn at random from anywhere under ``folder`` (e.g. ``data/.../val``)."""
         paths = list_images(_existing_dir(folder))
         if not paths:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .freeze import block_of
+from .archs import block_of
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,8 @@
+"""One module per ``python -m tlcourse`` command, each with ``add(sub)`` and ``run(args)``.
+
+``tlcourse.cli`` builds the parser from ``COMMANDS`` in this order. A command module imports
+nothing heavy at module level (no torch, no torchvision): building the parser for ``--help`` or
+``data --check`` must start at once. Heavy imports go inside ``run``.
+"""
+
+COMMANDS = ("data", "report", "train", "predict", "course", "bench")
