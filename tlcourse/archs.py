@@ -61,8 +61,10 @@ ARCHS: dict[str, ArchSpec] = {spec.name: spec for spec in (
              ("features.6", "features.7", "features.8"), "features.8", 1280, 112, head_dropout=0.2),
 )}
 
-#: Containers whose children are blocks of their own (``features.3``), for parameter names.
-EXPANDED = frozenset(entry[:-2] for spec in ARCHS.values() for entry in spec.trunk if entry.endswith(".*"))
+
+def expanded_containers() -> set[str]:
+    """Containers whose children are blocks of their own (``features`` → ``features.3``)."""
+    return {entry[:-2] for spec in ARCHS.values() for entry in spec.trunk if entry.endswith(".*")}
 
 
 def get_spec(arch: str) -> ArchSpec:
@@ -91,5 +93,9 @@ def spec_of(model) -> ArchSpec:
 def block_of(param_name: str) -> str:
     """The block a parameter belongs to: ``layer4.1.conv2.weight`` → ``layer4``,
     ``features.3.conv.0.weight`` → ``features.3``."""
-    parts = param_name.split(".")
-    return ".".join(parts[:2]) if parts[0] in EXPANDED and len(parts) > 2 else parts[0]
+    for container in expanded_containers():
+        if param_name.startswith(container + "."):
+            rest = param_name[len(container) + 1:].split(".")
+            if len(rest) > 1:
+                return f"{container}.{rest[0]}"
+    return param_name.split(".")[0]

@@ -35,7 +35,7 @@ MAX_RUN_NAME = 100
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-def option(default: Any, help: str, group: str, *, choices: tuple | None = None, low: float | None = None,
+def option(default: Any, help: str, group: str, *, choices=None, low: float | None = None,
            high: float | None = None, low_open: bool = False, high_open: bool = False, kind: type | None = None,
            optional: bool = False, check=None, cli: bool = True, hint: str = "") -> Any:
     """A dataclass field with what validation and the CLI need to know about it.
@@ -95,7 +95,7 @@ class TrainConfig:
     subset: int | None = option(None, "at most N images per split (quick runs)", "data", kind=int, optional=True,
                                 low=1, hint=" for all images")
     # --- model
-    arch: str = option("resnet18", "torchvision architecture", "model", choices=tuple(ARCHS))
+    arch: str = option("resnet18", "torchvision architecture", "model", choices=ARCHS)  # live: the table
     weights: str | None = option("DEFAULT", "torchvision weights name (DEFAULT, IMAGENET1K_V1...), none, or a "
                                  "local .pth file", "model", kind=str, optional=True, check=_check_text)
     head: str = option("linear", "new classifier head", "model", choices=HEADS)

@@ -46,10 +46,10 @@ def _batches(loader, desc: str, show_bar: bool, max_batches: int | None):
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
     with tqdm(total=total, desc=desc, leave=False, disable=not show_bar, unit="batch") as bar:
         for index, batch in enumerate(loader):
-            if index >= total:
-                break
             yield bar, batch
             bar.update(1)
+            if index + 1 == total < len(loader):
+                break  # a short epoch: stop without loading a batch that would not be used
 
 
 def _autocast(device: torch.device, amp: bool):
