@@ -264,7 +264,7 @@ def check_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> dict:
     for key, kind in REQUIRED.items():
         value = ckpt[key]
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise TLCourseError(f"{where}: {key!r} is a {_kind(value)}, expected a {kind.__name__}; "
+            raise TLCourseError(f"{where}: {key!r} is a {_kind(value)}, expected {kind.__name__}; "
                                 "the file is damaged")
     if ckpt["format_version"] > FORMAT_VERSION:
         raise TLCourseError(f"{where} has format version {ckpt['format_version']}, newer than this tlcourse "

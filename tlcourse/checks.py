@@ -361,13 +361,16 @@ def _class_links(split_dir: Path, class_dirs: list[Path], root: Path, check: Dat
     """Class folders that are links: refuse a loop (a link to a folder holding the dataset) or two
     classes sharing images; return the class folders that are safe to walk."""
     split_real = split_dir.resolve()
-    reals = {d: d.resolve() for d in class_dirs}
-    safe = []
-    for d, real in reals.items():
+    reals = {}
+    for d in class_dirs:
+        real = d.resolve()
         if real == split_real or real in split_real.parents:
             check.add("error", _rel(d, root), f"class folder is a link to {os.readlink(d)}, which holds the dataset "
                                               "itself (a loop); link it to a folder of images")
-            continue
+        else:
+            reals[d] = real
+    safe = []
+    for d, real in reals.items():
         other = next((o for o, r in reals.items() if o != d and (r == real or r in real.parents)), None)
         if other is not None:
             check.add("error", _rel(d, root), f"class folder is the same folder as, or inside, {_rel(other, root)} "

@@ -272,12 +272,12 @@ def _converter(name: str):
             try:
                 value = int(text)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+                raise argparse.ArgumentTypeError(f"{name}={text!r} must be an integer") from None
         elif kind is float:
             try:
                 value = float(text)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+                raise argparse.ArgumentTypeError(f"{name}={text!r} must be a number") from None
         else:
             value = text
         try:
