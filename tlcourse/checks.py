@@ -9,11 +9,17 @@ training will, so the full list of problems is known before the first batch.
 Severities:
 
 * ``error``: training would fail or be wrong (missing split, empty or single class, class sets
-  that differ between splits, an unreadable image, an image over PIL's hard pixel limit).
+  that differ between splits, a class folder that links back into the dataset, an unreadable
+  image, an image over PIL's hard pixel limit or too elongated to resize).
 * ``warning``: training works but something is probably not what you meant (an image outside
-  any class folder, a non-image file among the images, an image over PIL's decompression-bomb
-  *warning* limit, which loads but slowly and with a lot of memory).
+  any class folder, a non-image file among the images, a sub-folder merged into its class, a
+  link to a folder inside a class (not followed), a file name that is not UTF-8, val images
+  that are copies of train images, an image over PIL's decompression-bomb *warning* limit,
+  which loads but slowly and with a lot of memory).
 * ``info``: ignored on purpose (``.DS_Store``, ``Thumbs.db``, dotfiles, hidden folders).
+
+Which files belong to a class is decided by :func:`list_class`, which ``ImageFolderRGB`` also
+uses, so the checker and training never disagree.
 
 Palette/GIF, greyscale, RGBA, CMYK, 16-bit and EXIF-rotated images are not problems: they are
 converted by ``open_rgb``; the report only counts them.
@@ -301,7 +307,7 @@ def list_class(class_dir: Path, class_names=()) -> ClassFiles:
     walked: list[tuple[str, list[str]]] = []
     for folder, dirs, files in os.walk(class_dir):  # followlinks=False: links to folders are listed, not entered
         kept = []
-        for name in dirs:
+        for name in sorted(dirs):
             path = Path(folder) / name
             if name.startswith("."):
                 found.notes.append(("info", path, "hidden folder, ignored"))
