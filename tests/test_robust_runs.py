@@ -289,3 +289,20 @@ def test_checkpoint_without_training_state_cannot_be_resumed(run_copy, tiny_data
     path = _crafted(run_copy, lambda c: c.update(history=[{"epoch": 5}]))
     with pytest.raises(TLCourseError, match=r"its history does not list epochs 1..1"):
         train(resume=path, epochs=2)
+
+
+# --------------------------------------------------------------------------- the flag the advice names
+
+def test_bad_images_skip_is_a_real_train_flag(tiny_data, tmp_path, capsys):
+    cut = tiny_data / "train/ants/cut.png"
+    raw = (tiny_data / "train/ants/img_0.png").read_bytes()
+    cut.write_bytes(raw[: len(raw) // 2])
+    argv = ["train", "--data-dir", str(tiny_data), "--epochs", "1", "--output-dir", str(tmp_path / "ck"), *CLI_FAST]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "or pass bad_images='skip' (train --bad-images skip)" in err
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
+        assert main([*argv, "--bad-images", "skip"]) == 0
+    (run_dir,) = (tmp_path / "ck").iterdir()
+    assert json.loads((run_dir / ck.ARGS_JSON).read_text())["bad_images"] == "skip"
+    assert ck.load_checkpoint(run_dir / ck.LATEST)["history"][0]["train_images"] == 12  # 13 files, 1 left out
