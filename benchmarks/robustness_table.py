@@ -37,8 +37,8 @@ def make_folder(root: Path, classes=("ants", "bees"), per_class=4) -> Path:
     for split in ("train", "val"):
         for ci, cls in enumerate(classes):
             (root / split / cls).mkdir(parents=True)
-            for i in range(per_class):
-                noise(seed=ci * 100 + i).save(root / split / cls / f"img_{i}.png")
+            for i in range(per_class):  # val images differ from train ones (copies are reported)
+                noise(seed=ci * 100 + i + 50 * (split == "val")).save(root / split / cls / f"img_{i}.png")
     return root
 
 

@@ -260,7 +260,7 @@ def test_subset_is_class_balanced_and_seeded(tiny_data):
     for loader in (loaders.train, loaders.val):
         targets = [loader.dataset.dataset.targets[i] for i in loader.dataset.indices]
         assert targets == [0, 1, 0, 1]  # classes interleaved: a cut-short loader still sees both
-    assert len(make_loaders(tiny_data, image_size=32, subset=1).train.dataset) == 1  # at most `subset`
+    assert len(make_loaders(tiny_data, image_size=32, subset=3).train.dataset) == 3  # at most `subset`
     again = make_loaders(tiny_data, image_size=32, subset=4, seed=0)
     assert again.train.dataset.indices == loaders.train.dataset.indices
     assert len(make_loaders(tiny_data, image_size=32, subset=100).train.dataset) == 12  # larger: everything

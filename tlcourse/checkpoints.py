@@ -8,6 +8,7 @@ needs an explicit ``trust=True`` to load.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import shutil
@@ -19,7 +20,17 @@ import torchvision
 from torch import nn
 
 from . import TLCourseError, __version__
-from .files import atomic_write
+from .archs import ARCHS
+from .config import HEADS, MAX_CLASSES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from .files import (
+    DISK_FULL_ERRNOS,
+    NOT_WRITABLE_ERRNOS,
+    atomic_write,
+    ensure_writable,
+    os_error_in,
+    remove_stale_temp,
+    temp_name,
+)
 from .history import write_history
 from .settings import checkpoints_root
 
@@ -31,6 +42,7 @@ CHECKPOINT_FILES = (LATEST, BEST_ACC, BEST_LOSS)
 #: Which file each "best" mark of an epoch goes to.
 BEST_FILES = {"best_acc": BEST_ACC, "best_loss": BEST_LOSS}
 ARGS_JSON = "args.json"
+OUTPUT_DIR_FIX = "choose a folder you can write to for the run folders (--output-dir, output_dir=...)"
 
 
 # --------------------------------------------------------------------------- run folders
@@ -44,7 +56,7 @@ def new_run_dir(run_name: str, root: str | Path | None = None, *, now: datetime 
     root = Path(root) if root is not None else checkpoints_root()
     if not run_name or any(c in run_name for c in "/\\") or run_name.startswith("."):
         raise TLCourseError(f"run_name={run_name!r} must be a plain folder name such as 'resnet18_head'")
-    root.mkdir(parents=True, exist_ok=True)
+    ensure_writable(root, OUTPUT_DIR_FIX)
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
     for attempt in range(1, 1000):
         suffix = "" if attempt == 1 else f"-{attempt}"
@@ -73,7 +85,7 @@ def save_checkpoint_as(checkpoint: dict, paths: list[Path]) -> None:
     first, *rest = [Path(p) for p in paths]
     save_checkpoint(checkpoint, first)
     for path in rest:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = temp_name(path)
         try:
             try:
                 os.link(first, tmp)
@@ -141,6 +153,7 @@ class CheckpointSaver:
         self.freeze, self.image_size, self.config = freeze, image_size, dict(config or {})
         self.mean, self.std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
         self.saved_epoch: int | None = None   # the epoch latest.pt holds
+        remove_stale_temp(self.run_dir)        # ".latest.pt.tmp-<pid>" of a killed earlier run
 
     @property
     def latest(self) -> Path:
@@ -161,9 +174,30 @@ class CheckpointSaver:
             scheduler=scheduler, history=history, best=best, config=self.config, rng=rng)
         # Best files first, latest last: if the process dies in between, latest.pt is the older
         # one and a resume simply repeats this epoch.
-        save_checkpoint_as(checkpoint, [self.run_dir / BEST_FILES[m] for m in marks] + [self.latest])
-        self.saved_epoch = row["epoch"]
-        write_history(history, self.run_dir)
+        try:
+            save_checkpoint_as(checkpoint, [self.run_dir / BEST_FILES[m] for m in marks] + [self.latest])
+            self.saved_epoch = row["epoch"]
+            write_history(history, self.run_dir)
+        except Exception as exc:
+            error = self._save_failed(row["epoch"], exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _save_failed(self, epoch: int, exc: Exception) -> TLCourseError | None:
+        """A one-line error for a full disk or a folder that became read-only; None for other failures."""
+        full, locked = os_error_in(exc, DISK_FULL_ERRNOS), os_error_in(exc, NOT_WRITABLE_ERRNOS)
+        if full is None and locked is None:
+            return None
+        what = "disk full" if full is not None else f"cannot write ({locked.strerror})"
+        fix = "free some space" if full is not None else "make the folder writable"
+        if self.saved_epoch:
+            epochs = self.config.get("epochs", self.saved_epoch + 1)
+            kept = (f"nothing saved is lost: {self.latest} holds epoch {self.saved_epoch}; {fix} and resume with: "
+                    f"python -m tlcourse train --resume {self.latest} --epochs {epochs}")
+        else:
+            kept = f"nothing was saved yet; {fix} and run again"
+        return TLCourseError(f"{what} while saving epoch {epoch} in {self.run_dir}; {kept}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -197,7 +231,93 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 "build_model(...) and call model.load_state_dict(torch.load(path, weights_only=True))"
             )
         raise TLCourseError(f"{path} is not a tlcourse checkpoint (no 'format': {FORMAT!r} entry)")
+    check_checkpoint(obj, path)
     return obj
+
+
+# --------------------------------------------------------------------------- what a checkpoint must hold
+
+#: Keys every checkpoint needs to be rebuilt for inference, and their types.
+REQUIRED = {"format_version": int, "model": dict, "epoch": int, "class_names": list, "arch": str, "head": str,
+            "num_classes": int, "image_size": int}
+#: Keys a resume needs besides those.
+FOR_RESUME = {"optimizer": dict, "history": list, "rng": dict, "config": dict, "freeze": str}
+#: Head options a checkpoint may carry (``make_head``'s keywords) and their bounds.
+HEAD_KWARGS = {"dropout": (0.0, 1.0), "hidden": (1, 65_536)}
+
+
+def _kind(value) -> str:
+    return type(value).__name__
+
+
+def check_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> dict:
+    """Check the contents against what tlcourse writes, with a one-line error for the first gap.
+
+    A crafted or damaged file must not reach ``build_model`` with a missing arch, nor report
+    accuracy against class names that do not match the head's outputs.
+    """
+    where = f"checkpoint {path}"
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise TLCourseError(f"{where} lacks {', '.join(map(repr, missing))}: it was not written by tlcourse's "
+                            "CheckpointSaver (or is damaged); use a checkpoint from a run folder")
+    for key, kind in REQUIRED.items():
+        value = ckpt[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TLCourseError(f"{where}: {key!r} is a {_kind(value)}, expected {kind.__name__}; "
+                                "the file is damaged")
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise TLCourseError(f"{where} has format version {ckpt['format_version']}, newer than this tlcourse "
+                            f"({__version__}, version {FORMAT_VERSION}); upgrade tlcourse")
+    if ckpt["arch"] not in ARCHS:
+        raise TLCourseError(f"{where}: arch {ckpt['arch']!r} is not one tlcourse builds ({', '.join(ARCHS)})")
+    if ckpt["head"] not in HEADS:
+        raise TLCourseError(f"{where}: head {ckpt['head']!r} is not one of {', '.join(HEADS)}")
+    names, n = ckpt["class_names"], ckpt["num_classes"]
+    if not 2 <= n <= MAX_CLASSES:
+        raise TLCourseError(f"{where}: num_classes={n} is outside 2..{MAX_CLASSES:,}; the file is damaged")
+    if not all(isinstance(c, str) for c in names) or len(set(names)) != len(names):
+        raise TLCourseError(f"{where}: class_names must be distinct strings; the file is damaged")
+    if len(names) != n:
+        raise TLCourseError(f"{where} lists {len(names)} class names for a head of {n} classes; predictions "
+                            "would be named wrongly: use the checkpoint the run folder wrote")
+    if not MIN_IMAGE_SIZE <= ckpt["image_size"] <= MAX_IMAGE_SIZE:
+        raise TLCourseError(f"{where}: image_size={ckpt['image_size']} is outside "
+                            f"{MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}; the file is damaged")
+    if ckpt["epoch"] < 0:
+        raise TLCourseError(f"{where}: epoch={ckpt['epoch']} is negative; the file is damaged")
+    state = ckpt["model"]
+    if not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise TLCourseError(f"{where}: 'model' is not a state_dict of tensors; the file is damaged")
+    head = ARCHS[ckpt["arch"]].head + "."
+    weights = [v for k, v in state.items() if k.startswith(head) and k.endswith(".weight") and v.ndim == 2]
+    outputs = weights[-1].shape[0] if weights else None
+    expected = 1 if ckpt["head"] == "binary" else n
+    if outputs != expected:
+        raise TLCourseError(f"{where}: its {ckpt['head']} head has {outputs} outputs, but the checkpoint says "
+                            f"{n} classes; the file is damaged or was edited")
+    kwargs = ckpt.get("head_kwargs", {})
+    if not isinstance(kwargs, dict) or any(
+            k not in HEAD_KWARGS or isinstance(v, bool) or not isinstance(v, int if k == "hidden" else (int, float))
+            or not math.isfinite(v) or not HEAD_KWARGS[k][0] <= v <= HEAD_KWARGS[k][1] for k, v in kwargs.items()):
+        raise TLCourseError(f"{where}: head_kwargs {kwargs!r} are not options tlcourse's heads take; "
+                            "the file is damaged")
+    return ckpt
+
+
+def check_resumable(ckpt: dict, path: str | Path = "checkpoint") -> dict:
+    """Also the training state (optimizer, history, random state, config) a resume needs."""
+    missing = [k for k, kind in FOR_RESUME.items() if not isinstance(ckpt.get(k), kind)]
+    if missing:
+        raise TLCourseError(f"checkpoint {path} cannot be resumed: it lacks {', '.join(map(repr, missing))} "
+                            "(saved for inference only, or damaged); it still works for predict")
+    history = ckpt["history"]
+    wanted = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
+    if [r.get("epoch") if isinstance(r, dict) else None for r in history] != list(range(1, ckpt["epoch"] + 1)) \
+            or not all(isinstance(r.get(k), (int, float)) for r in history for k in wanted):
+        raise TLCourseError(f"checkpoint {path} cannot be resumed: its history does not list epochs "
+                            f"1..{ckpt['epoch']} with their losses and accuracies; the file is damaged")
+    return ckpt
 
 
 def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") -> nn.Module:
@@ -229,7 +349,7 @@ def model_from_checkpoint(checkpoint: dict | str | Path, device: str | torch.dev
     from .models import build_model
 
     source = source or (str(checkpoint) if not isinstance(checkpoint, dict) else "checkpoint")
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    ckpt = check_checkpoint(checkpoint, source) if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = build_model(ckpt["arch"], ckpt["num_classes"], weights=None, head=ckpt["head"],
                         **ckpt.get("head_kwargs", {}))
     load_model_state(model, ckpt["model"], source)

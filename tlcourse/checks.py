@@ -9,11 +9,17 @@ training will, so the full list of problems is known before the first batch.
 Severities:
 
 * ``error``: training would fail or be wrong (missing split, empty or single class, class sets
-  that differ between splits, an unreadable image, an image over PIL's hard pixel limit).
+  that differ between splits, a class folder that links back into the dataset, an unreadable
+  image, an image over PIL's hard pixel limit or too elongated to resize).
 * ``warning``: training works but something is probably not what you meant (an image outside
-  any class folder, a non-image file among the images, an image over PIL's decompression-bomb
-  *warning* limit, which loads but slowly and with a lot of memory).
+  any class folder, a non-image file among the images, a sub-folder merged into its class, a
+  link to a folder inside a class (not followed), a file name that is not UTF-8, val images
+  that are copies of train images, an image over PIL's decompression-bomb *warning* limit,
+  which loads but slowly and with a lot of memory).
 * ``info``: ignored on purpose (``.DS_Store``, ``Thumbs.db``, dotfiles, hidden folders).
+
+Which files belong to a class is decided by :func:`list_class`, which ``ImageFolderRGB`` also
+uses, so the checker and training never disagree.
 
 Palette/GIF, greyscale, RGBA, CMYK, 16-bit and EXIF-rotated images are not problems: they are
 converted by ``open_rgb``; the report only counts them.
@@ -21,8 +27,10 @@ converted by ``open_rgb``; the report only counts them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+import unicodedata
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +40,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from . import TLCourseError
-from .images import is_image_file, open_rgb
+from .images import ImageTooLargeError, is_image_file, open_rgb
 
 SPLITS = ("train", "val")
 SEVERITIES = ("error", "warning", "info")
@@ -40,6 +48,11 @@ SEVERITIES = ("error", "warning", "info")
 SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
 #: ``EXIF`` tag 0x0112: values other than 1 mean "display this rotated or mirrored".
 _ORIENTATION = 0x0112
+
+
+def printable(text: str) -> str:
+    """``text`` safe for any terminal: bytes of a file name that is not UTF-8 shown as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -51,7 +64,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.severity:<7} {self.path}: {self.message}"
+        return printable(f"{self.severity:<7} {self.path}: {self.message}")
 
 
 @dataclass
@@ -108,14 +121,15 @@ class DatasetCheck:
 
     def __str__(self) -> str:
         ordered = sorted(self.problems, key=lambda p: SEVERITIES.index(p.severity))
-        lines = [str(p) if p.path != "." else f"{p.severity:<7} {self.data_dir}: {p.message}" for p in ordered]
+        lines = [str(p) if p.path != "." else printable(f"{p.severity:<7} {self.data_dir}: {p.message}")
+                 for p in ordered]
         converted = {m: n for m, n in self.modes.items() if m != "RGB"}
         if converted or self.exif_rotated:
             parts = [f"{m} {n}" for m, n in sorted(converted.items())]
             if self.exif_rotated:
                 parts.append(f"EXIF-rotated {self.exif_rotated}")
             lines.append(f"converted to RGB on load (fine): {', '.join(parts)}")
-        lines.append(self.summary())
+        lines.append(printable(self.summary()))
         return "\n".join(lines)
 
     def raise_if_errors(self, hint: str = "", *, include_bad_images: bool = True) -> None:
@@ -180,6 +194,8 @@ def describe_load_error(path: str | Path, exc: BaseException) -> str:
         return f"file disappeared or cannot be read ({detail}); check the folder hasn't changed"
     if size == 0:
         return "empty file (0 bytes); delete it or copy the image again"
+    if isinstance(exc, ImageTooLargeError):
+        return detail
     if isinstance(exc, Image.DecompressionBombError):
         return (f"image too large to open ({detail}); downscale it, or raise "
                 "PIL.Image.MAX_IMAGE_PIXELS if you trust the file")
@@ -258,21 +274,116 @@ def _is_ignored_file(name: str) -> bool:
     return name.startswith(".") or name.lower() in SYSTEM_FILES
 
 
-def list_class_images(class_dir: Path, root: Path, check: DatasetCheck) -> list[Path]:
-    """Image files under ``class_dir`` (recursively, as ImageFolder walks); notes the others."""
-    images: list[Path] = []
-    for folder, _dirs, files in sorted(os.walk(class_dir, followlinks=True)):
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of the file name, kept as surrogates by Python
+        return False
+    return True
+
+
+@dataclass
+class ClassFiles:
+    """What one class folder holds, by the one policy the checker and the training loader share."""
+
+    images: list[Path] = field(default_factory=list)
+    #: ``(severity, path, message)`` for everything left out or worth a look.
+    notes: list[tuple[str, Path, str]] = field(default_factory=list)
+
+
+def list_class(class_dir: Path, class_names=()) -> ClassFiles:
+    """The image files of ``class_dir``, recursively and sorted as torchvision's ``ImageFolder`` walks.
+
+    The policy (``ImageFolderRGB`` lists its samples with this same function):
+
+    * images in sub-folders belong to the class (as in ``ImageFolder``); each sub-folder gets a
+      warning, a louder one when it is named like another class;
+    * hidden files and folders (``.ipynb_checkpoints/``, ``._x.jpg``) are skipped;
+    * a link to a folder *inside* a class folder is not followed: a link back up (``loop -> ..``)
+      would never end, and one to a sibling class would train its images under the wrong label.
+      Links to files are followed, and a class folder may itself be a link (see ``check_split``).
+    """
+    found = ClassFiles()
+    walked: list[tuple[str, list[str]]] = []
+    for folder, dirs, files in os.walk(class_dir):  # followlinks=False: links to folders are listed, not entered
+        kept = []
+        for name in sorted(dirs):
+            path = Path(folder) / name
+            if name.startswith("."):
+                found.notes.append(("info", path, "hidden folder, ignored"))
+            elif path.is_symlink():
+                found.notes.append(("warning", path, _folder_link_note(path, class_dir)))
+            else:
+                kept.append(name)
+        dirs[:] = kept
+        walked.append((folder, files))
+    for folder, files in sorted(walked):
         for name in sorted(files):
             path = Path(folder) / name
             if is_image_file(path):
-                images.append(path)
+                found.images.append(path)
+                if not _is_utf8(name):
+                    found.notes.append(("warning", path, "file name is not valid UTF-8 (shown with \\x escapes); "
+                                                         "it loads, but rename it: zip, Windows and notebooks may not"))
             elif _is_ignored_file(name):
-                check.add("info", _rel(path, root), "hidden/system file, ignored")
+                found.notes.append(("info", path, "hidden/system file, ignored"))
             else:
-                check.add("warning", _rel(path, root),
-                          f"not an image file (suffix {path.suffix or 'none'!r}), ignored; "
-                          "move it out of the dataset or convert it to JPEG/PNG")
-    return images
+                found.notes.append(("warning", path, f"not an image file (suffix {path.suffix or 'none'!r}), "
+                                                     "ignored; move it out of the dataset or convert it to JPEG/PNG"))
+    found.notes += _subfolder_notes(class_dir, found.images, class_names)
+    return found
+
+
+def _folder_link_note(link: Path, class_dir: Path) -> str:
+    target = os.readlink(link)
+    real, class_real = link.resolve(), class_dir.resolve()
+    loop = real == class_real or real in class_real.parents
+    return (f"link to a folder (-> {target}) inside a class folder, not followed"
+            + (": it points back up, a loop" if loop else "")
+            + "; copy the images in, or make the class folder itself the link")
+
+
+def _subfolder_notes(class_dir: Path, images: list[Path], class_names) -> list[tuple[str, Path, str]]:
+    counts: Counter = Counter(p.relative_to(class_dir).parts[0] for p in images if p.parent != class_dir)
+    notes = []
+    for sub, n in sorted(counts.items()):
+        message = (f"sub-folder of class '{class_dir.name}': its {n} image(s) are trained as '{class_dir.name}' "
+                   "(sub-folders are merged into their class)")
+        if sub in class_names and sub != class_dir.name:
+            message += f", not as the class '{sub}' it is named like; move them to ../{sub}/ if they are {sub}"
+        notes.append(("warning", class_dir / sub, message))
+    return notes
+
+
+def list_class_images(class_dir: Path, root: Path, check: DatasetCheck, class_names=()) -> list[Path]:
+    """Image files under ``class_dir`` (see :func:`list_class`); notes the others in ``check``."""
+    found = list_class(class_dir, class_names)
+    for severity, path, message in found.notes:
+        check.add(severity, _rel(path, root), message)
+    return found.images
+
+
+def _class_links(split_dir: Path, class_dirs: list[Path], root: Path, check: DatasetCheck) -> list[Path]:
+    """Class folders that are links: refuse a loop (a link to a folder holding the dataset) or two
+    classes sharing images; return the class folders that are safe to walk."""
+    split_real = split_dir.resolve()
+    reals = {}
+    for d in class_dirs:
+        real = d.resolve()
+        if real == split_real or real in split_real.parents:
+            check.add("error", _rel(d, root), f"class folder is a link to {os.readlink(d)}, which holds the dataset "
+                                              "itself (a loop); link it to a folder of images")
+        else:
+            reals[d] = real
+    safe = []
+    for d, real in reals.items():
+        other = next((o for o, r in reals.items() if o != d and (r == real or r in real.parents)), None)
+        if other is not None:
+            check.add("error", _rel(d, root), f"class folder is the same folder as, or inside, {_rel(other, root)} "
+                                              "(through a link): its images would get two labels")
+            continue
+        safe.append(d)
+    return safe
 
 
 def _find_nested_dataset(root: Path) -> Path | None:
@@ -294,13 +405,14 @@ def check_split(root: Path, split: str, check: DatasetCheck) -> dict[str, list[P
         check.add("error", split, f"{split} is a file, expected a folder holding one folder per class")
         return {}
     classes: dict[str, list[Path]] = {}
+    class_dirs = []
     for entry in sorted(split_dir.iterdir()):
         rel = _rel(entry, root)
         if entry.is_dir():
             if entry.name.startswith("."):
                 check.add("info", rel, "hidden folder, ignored (not a class)")
             else:
-                classes[entry.name] = list_class_images(entry, root, check)
+                class_dirs.append(entry)
         elif _is_ignored_file(entry.name):
             check.add("info", rel, "hidden/system file, ignored")
         elif is_image_file(entry):
@@ -309,10 +421,14 @@ def check_split(root: Path, split: str, check: DatasetCheck) -> dict[str, list[P
         else:
             check.add("warning", rel, f"file where class folders are expected, ignored; "
                                       f"{split}/ should hold only one folder per class")
+    names = [d.name for d in class_dirs]
+    safe = _class_links(split_dir, class_dirs, root, check) if any(d.is_symlink() for d in class_dirs) else class_dirs
+    for d in class_dirs:
+        classes[d.name] = list_class_images(d, root, check, names) if d in safe else []
     if not classes:
         check.add("error", split, f"{split}/ has no class folders; put images in {split}/<class>/")
     for name, images in classes.items():
-        if not images:
+        if not images and split_dir / name in safe:
             check.add("error", f"{split}/{name}", "empty class folder (no image files); "
                                                   "add images or delete the folder")
     check.counts[split] = {name: len(images) for name, images in classes.items()}
@@ -349,7 +465,8 @@ def check_dataset(data_dir: str | Path, *, verify_images: bool = True,
         if set(val) - set(train):
             parts.append(f"only in val: {', '.join(sorted(set(val) - set(train)))}")
         check.add("error", "val", f"class folders differ between train/ and val/ ({'; '.join(parts)}); "
-                                  "labels come from the sorted folder names, so both need the same classes")
+                                  "labels come from the sorted folder names, so both need the same classes"
+                                  + _normalisation_hint(set(train) ^ set(val)))
     elif len(train) == 1:
         check.add("error", "train", f"only one class folder ({next(iter(train))}); "
                                     "a classifier needs at least 2, add a folder per class")
@@ -372,5 +489,62 @@ def check_dataset(data_dir: str | Path, *, verify_images: bool = True,
                 if report.severity == "error":
                     check.bad_files.append(rel)
         check.images_verified = len(files)
+        _note_copies(per_split, root, check)
     check.seconds = time.perf_counter() - start
     return check
+
+
+def _normalisation_hint(names: set[str]) -> str:
+    """Names that look the same but differ in Unicode form (macOS writes NFD: 'e' + accent)."""
+    by_form: dict[str, list[str]] = {}
+    for name in names:
+        by_form.setdefault(unicodedata.normalize("NFC", name), []).append(name)
+    twins = sorted(form for form, spellings in by_form.items() if len(spellings) > 1)
+    if not twins:
+        return ""
+    return (f"; {', '.join(repr(t) for t in twins)} is spelled with different Unicode forms in train/ and val/ "
+            "(NFC vs NFD, e.g. one copied from macOS): rename the folders so both use the same characters")
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.blake2b(fh.read(), digest_size=16).hexdigest()
+
+
+def _note_copies(per_split: dict[str, dict[str, list[Path]]], root: Path, check: DatasetCheck) -> None:
+    """Warn when val/ images are byte-identical copies of train/ images (only same-size files are read)."""
+    train = [p for images in per_split.get("train", {}).values() for p in images]
+    val = [p for images in per_split.get("val", {}).values() for p in images]
+
+    def size(p: Path) -> int:
+        try:
+            return p.stat().st_size
+        except OSError:
+            return -1
+
+    by_size: dict[int, list[Path]] = {}
+    for p in train:
+        by_size.setdefault(size(p), []).append(p)
+    train_digests: dict[Path, str] = {}
+    copies = []
+    for p in val:
+        same_size = by_size.get(size(p), [])
+        if not same_size:
+            continue
+        try:
+            digest = _digest(p)
+            for q in same_size:
+                if q not in train_digests:
+                    train_digests[q] = _digest(q)
+            match = next((q for q in same_size if train_digests[q] == digest), None)
+        except OSError:
+            continue
+        if match is not None:
+            copies.append((p, match))
+    if not copies:
+        return
+    first, twin = copies[0]
+    whole = "every val image" if len(copies) == len(val) else f"{len(copies)} of {len(val)} val images"
+    check.add("warning", "val", f"{whole} is a byte-identical copy of a train image (first: {_rel(first, root)} = "
+                                f"{_rel(twin, root)}): validation would measure memorisation, not generalisation; "
+                                "keep different images in val/")

@@ -17,10 +17,18 @@ import sys
 
 from . import TLCourseError, __version__
 from .commands import COMMANDS
+from .files import DISK_FULL_ERRNOS, NOT_WRITABLE_ERRNOS, os_error_in
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage of ``train`` alone is 30 lines): what is wrong, where help is."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tlcourse",
+    parser = Parser(prog="python -m tlcourse",
                                      description="tlcourse: transfer learning with torchvision, from the command line.")
     parser.add_argument("--version", action="version", version=f"tlcourse {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
@@ -41,19 +49,29 @@ def describe_unexpected(exc: BaseException) -> str:
         text = text[:300] + "..."
     if isinstance(exc, MemoryError):
         return "out of memory; lower --batch-size or --image-size, or use --subset"
-    if isinstance(exc, OSError):
-        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        if exc.errno == errno.ENOSPC:
-            return f"disk full{where}; free some space and run the command again"
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return f"no permission to write{where}; choose a folder you can write to (e.g. --output-dir)"
-        if exc.errno == errno.ENOENT:
-            return f"file or folder not found{where}; check the path"
-        return f"{type(exc).__name__}: {text}"
+    full, locked = os_error_in(exc, DISK_FULL_ERRNOS), os_error_in(exc, NOT_WRITABLE_ERRNOS)
+    cause = full or locked or (exc if isinstance(exc, OSError) else None)
+    where = f" ({cause.filename})" if getattr(cause, "filename", None) else ""
+    if full is not None:
+        return f"disk full{where}; free some space and run the command again"
+    if locked is not None:
+        return f"no permission to write{where}; choose a folder you can write to (e.g. --output-dir)"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOENT:
+        return f"file or folder not found{where}; check the path"
     return f"{type(exc).__name__}: {text}"
 
 
+def _tolerant_output() -> None:
+    """Print any path, even a file name that is not valid UTF-8, instead of failing with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):  # not a TextIOWrapper (a notebook, a test's capture)
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_output()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "pass_through", False):

@@ -13,6 +13,7 @@ import argparse
 import math
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from . import TLCourseError
@@ -25,6 +26,7 @@ SCHEDULERS = ("none", "step", "cosine")
 FAST_MODES = ("auto", "off", "features", "layer3", "decode")
 FAST_DTYPES = ("float16", "float32")
 PROGRESS = ("auto", "bar", "epoch", "none")
+BAD_IMAGE_POLICIES = ("error", "skip")
 
 #: Largest square image side accepted: 1024 px already needs ~20x the memory of 224 px.
 MAX_IMAGE_SIZE = 1024
@@ -32,6 +34,9 @@ MAX_IMAGE_SIZE = 1024
 #: less than one pixel of the input.
 MIN_IMAGE_SIZE = 32
 MAX_RUN_NAME = 100
+#: Most classes a head may have: ImageNet-21k has 21,841; a linear head of 100,000 classes on
+#: ResNet-50's 2048 features already holds 205 M weights (820 MB).
+MAX_CLASSES = 100_000
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -77,6 +82,23 @@ def _check_text(value: str) -> str | None:
     return "must not be empty" if not value.strip() else None
 
 
+def _check_output_dir(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        return "is a file; give a folder to hold the run folders"
+    return None
+
+
+def _check_weights(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    if Path(value).expanduser().is_dir():
+        return "is a folder; give a weights file (.pth), a torchvision weights name, or none"
+    return None
+
+
 @dataclass
 class TrainConfig:
     """Every knob of a run; saved as ``args.json`` and inside each checkpoint."""
@@ -84,6 +106,8 @@ class TrainConfig:
     # --- data
     data_dir: str | None = option(None, "ImageFolder root with train/ and val/ (default: data/hymenoptera_data)",
                                   "data", kind=str, optional=True, check=_check_text)
+    bad_images: str = option("error", "unreadable images: error (stop, naming them) or skip (leave them out, "
+                             "with one warning)", "data", choices=BAD_IMAGE_POLICIES)
     image_size: int = option(224, "square crop side in pixels (the pretrained weights saw 224)", "data",
                              check=_check_image_size)
     augment: bool = option(True, "random crops/flips/rotation for training (--no-augment: evaluation transforms)",
@@ -97,7 +121,7 @@ class TrainConfig:
     # --- model
     arch: str = option("resnet18", "torchvision architecture", "model", choices=ARCHS)  # live: the table
     weights: str | None = option("DEFAULT", "torchvision weights name (DEFAULT, IMAGENET1K_V1...), none, or a "
-                                 "local .pth file", "model", kind=str, optional=True, check=_check_text)
+                                 "local .pth file", "model", kind=str, optional=True, check=_check_weights)
     head: str = option("linear", "new classifier head", "model", choices=HEADS)
     dropout: float = option(0.4, "dropout of the mlp head", "model", low=0, high=1, high_open=True)
     freeze: str = option("head", "what learns: head (feature extraction), last_stage (last stage + head), all",
@@ -134,7 +158,7 @@ class TrainConfig:
     run_name: str | None = option(None, "run folder prefix (default: <arch>_<freeze>)", "run", kind=str,
                                   optional=True, check=_check_run_name)
     output_dir: str | None = option(None, "where run folders go (default: checkpoints/)", "run", kind=str,
-                                    optional=True, check=_check_text)
+                                    optional=True, check=_check_output_dir)
     progress: str = option("auto", "auto, bar (progress bars), epoch (one line per epoch) or none", "run",
                            choices=PROGRESS)
 
@@ -248,12 +272,12 @@ def _converter(name: str):
             try:
                 value = int(text)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+                raise argparse.ArgumentTypeError(f"{name}={text!r} must be an integer") from None
         elif kind is float:
             try:
                 value = float(text)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+                raise argparse.ArgumentTypeError(f"{name}={text!r} must be a number") from None
         else:
             value = text
         try:

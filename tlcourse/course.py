@@ -283,6 +283,28 @@ def summary_table(results: list[Result]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4] for row in rows)
 
 
+def check_output_folder(output_dir: Path, paths: list[Path]) -> None:
+    """Refuse an output folder that holds the source notebooks: papermill would overwrite them."""
+    sources = {p.parent.resolve() for p in paths}
+    if output_dir.resolve() in sources:
+        raise TLCourseError(f"--output {output_dir} is the folder of the source notebooks: the executed copies "
+                            "(injected parameters, outputs) would overwrite them; choose another folder "
+                            "(default: notebooks/executed/)")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise TLCourseError(f"--output {output_dir} is a file; give a folder for the executed notebooks")
+
+
+def check_parameter_names(paths: list[Path], overrides: dict) -> None:
+    """A ``-p NAME VALUE`` that no selected notebook declares is a typo: say so instead of dropping it."""
+    declared: set[str] = set()
+    for path in paths:
+        declared |= set(declared_parameters(path))
+    unknown = sorted(set(overrides) - declared)
+    if unknown:
+        raise TLCourseError(f"-p {', '.join(unknown)}: no selected notebook has such a parameter (they have: "
+                            f"{', '.join(sorted(declared)) or 'none'}); check the spelling")
+
+
 def run_course(*, folder: str | Path | None = None, output: str | Path | None = None, smoke: bool = False,
                overrides: dict | None = None, only: list[str] | None = None, check_weights: bool = True,
                timeout: int | None = None, echo=print) -> list[Result]:
@@ -290,6 +312,8 @@ def run_course(*, folder: str | Path | None = None, output: str | Path | None = 
     kernel_command()
     paths = find_notebooks(folder, only)
     output_dir = Path(output) if output else paths[0].parent / "executed"
+    check_output_folder(output_dir, paths)
+    check_parameter_names(paths, overrides or {})
     available, default_weights = True, "DEFAULT"
     needs_weights = not smoke and "weights" not in (overrides or {})
     if check_weights and needs_weights:

@@ -25,8 +25,17 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 from . import TLCourseError
-from .checks import SPLITS, DatasetCheck, ImageLoadError, check_dataset, check_split, describe_load_error
-from .config import check_field
+from .checks import (
+    SPLITS,
+    DatasetCheck,
+    ImageLoadError,
+    check_dataset,
+    check_split,
+    describe_load_error,
+    list_class,
+)
+from .config import BAD_IMAGE_POLICIES, check_field
+from .files import remove_stale_temp
 from .images import is_image_file, open_rgb
 from .settings import HYMENOPTERA_SHA256, HYMENOPTERA_URL, data_mirror, data_root
 
@@ -105,25 +114,25 @@ def fetch(
     """Make ``<root>/<name>`` hold the complete dataset and return that path.
 
     ``mirror`` (or ``TLCOURSE_DATA_MIRROR``) is a local path or URL used instead of ``url``.
-    A second call returns at once. Any failure leaves ``root`` as it was.
+    A second call returns at once. Any failure leaves ``root`` as it was: ``force=True`` builds the
+    new copy aside and replaces the old one only once the new one is complete.
     """
     root = Path(root) if root is not None else data_root()
     target = root / name
+    remove_stale_temp(root)  # ".fetch-<pid>-..." of a fetch that was killed
     if (target / MARKER).exists() and not force:
         return target
-    if target.exists() and not (target / MARKER).exists():
+    if target.exists() and not (target / MARKER).exists() and not force and any(target.iterdir()):
         # A folder without the marker is an earlier interrupted or hand-made copy: never trust it.
-        if force or not any(target.iterdir()):
-            shutil.rmtree(target)
-        else:
-            raise TLCourseError(
-                f"{target} exists but was not completed by tlcourse (interrupted extract?); "
-                "delete it or call fetch(force=True)"
-            )
+        raise TLCourseError(
+            f"{target} exists but was not completed by tlcourse (interrupted extract?); "
+            "delete it or call fetch(force=True)"
+        )
 
     source = mirror or data_mirror() or url
     root.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
+    # The new copy is built aside; whatever is at ``target`` is replaced only once it is complete.
+    workdir = Path(tempfile.mkdtemp(prefix=f".fetch-{os.getpid()}-", dir=root))
     try:
         if _is_url(source):
             archive = workdir / f"{name}.zip.part"
@@ -138,9 +147,15 @@ def fetch(
             zf.extractall(extracted)
         staged = extracted / name
         (staged / MARKER).write_text(f"source={source}\nsha256={_sha256(archive)}\n")
-        if target.exists():  # force=True over a complete copy
-            shutil.rmtree(target)
-        os.replace(staged, target)
+        if target.exists():  # force=True, or an empty leftover: swap, and put it back if the swap fails
+            os.replace(target, workdir / "previous")
+            try:
+                os.replace(staged, target)
+            except BaseException:
+                os.replace(workdir / "previous", target)
+                raise
+        else:
+            os.replace(staged, target)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return target
@@ -201,11 +216,24 @@ class ImageFolderRGB(datasets.ImageFolder):
     """``ImageFolder`` that opens every file as RGB, counts GIFs as images and skips hidden files.
 
     Hidden files and folders are left out (torchvision would take ``.ipynb_checkpoints/`` for a
-    class and macOS's ``._photo.jpg`` resource forks for images).
+    class and macOS's ``._photo.jpg`` resource forks for images). The files of each class are
+    listed by ``tlcourse.checks.list_class``, the function ``check_dataset`` uses, so the
+    checker and training agree on every image, sub-folder and symbolic link.
     """
 
     def __init__(self, root: str | Path, transform: Callable | None = None):
         super().__init__(str(root), transform=transform, loader=load_image, is_valid_file=is_image_file)
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        samples = []
+        for name, index in sorted(class_to_idx.items()):
+            images = list_class(Path(directory) / name, tuple(class_to_idx)).images
+            if not images and not allow_empty:
+                raise TLCourseError(f"{Path(directory) / name}: empty class folder (no image files); "
+                                    "add images or delete the folder")
+            samples += [(str(p), index) for p in images]
+        return samples
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
@@ -266,9 +294,6 @@ class Loaders:
     check: DatasetCheck | None = None
 
 
-BAD_IMAGE_POLICIES = ("error", "skip")
-
-
 def check_loader_params(image_size: int, batch_size: int, num_workers: int, subset: int | None,
                         bad_images: str, verify_images: bool) -> None:
     """Clear errors naming the parameter, before any file is touched (the checks of ``TrainConfig``)."""
@@ -311,7 +336,7 @@ def make_loaders(
     if bad_images == "skip":
         check.raise_if_errors(include_bad_images=False)
     else:
-        check.raise_if_errors("; or pass bad_images='skip' to leave unreadable images out"
+        check.raise_if_errors("; or pass bad_images='skip' (train --bad-images skip) to leave unreadable images out"
                               if check.bad_files else "")
     train_set = ImageFolderRGB(root / "train", transform=train_transforms(image_size, augment))
     val_set = ImageFolderRGB(root / "val", transform=eval_transforms(image_size))
@@ -326,6 +351,9 @@ def make_loaders(
                                     "fix the files (`python -m tlcourse data --check` lists them)")
         warnings.warn(f"skipped {len(skipped)} unreadable image(s) in {root} (first: {check.bad_files[0]}); "
                       "the list is in Loaders.skipped", UserWarning, stacklevel=2)
+    if subset is not None and subset < len(train_set.classes):
+        raise TLCourseError(f"subset={subset} is fewer images than classes ({len(train_set.classes)}): some classes "
+                            f"would have no image; use at least {len(train_set.classes)} (quick runs: 32 or more)")
     generator = torch.Generator().manual_seed(seed)
     pin = torch.cuda.is_available()
     common = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin,

@@ -21,6 +21,7 @@ from .checkpoints import (
     BEST_ACC,
     BEST_LOSS,
     LATEST,
+    OUTPUT_DIR_FIX,
     CheckpointSaver,
     load_checkpoint,
     model_from_checkpoint,
@@ -28,15 +29,17 @@ from .checkpoints import (
 )
 from .config import TrainConfig
 from .data import Loaders, make_loaders
-from .device import restore_rng_state, seed_everything, select_device
+from .device import seed_everything, select_device
 from .fast import prepare as prepare_fast_path
-from .files import write_json
+from .files import ensure_writable, write_json
 from .freeze import apply_freeze
 from .heads import compute_loss, loss_for_head, loss_for_model, predictions
 from .history import best_from_history, format_epoch, write_history
 from .loops import evaluate, fit, train_one_epoch
 from .models import build_model
 from .optim import make_optimizer, make_scheduler
+from .resume import plan_resume, restore
+from .settings import checkpoints_root
 
 # What notebooks and learners import from here: the run, and the pieces they look at.
 __all__ = ["RunResult", "TrainConfig", "best_from_history", "compute_loss", "evaluate", "fit", "format_epoch",
@@ -89,17 +92,22 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     """A whole training run from a config (keyword arguments override its fields).
 
     ``resume`` continues a run from its ``latest.pt`` (same folder, same random state), up to
-    ``epochs``; on the CPU the result equals an uninterrupted run with the same seed.
+    ``epochs``; on the CPU the result equals an uninterrupted run with the same seed. An older
+    checkpoint continues in a new run folder; settings that define the model cannot change, the
+    others (epochs, lr...) apply and are recorded (see ``tlcourse.resume``).
     """
     checkpoint = load_checkpoint(resume) if resume is not None else None
-    if config is None:
-        config = TrainConfig.from_dict(checkpoint["config"]) if checkpoint else TrainConfig()
-    cfg = config.replace(**overrides).validate()
+    if checkpoint is not None:  # what may change, where it continues, writable: see tlcourse.resume
+        plan = plan_resume(resume, checkpoint, config, overrides)
+        cfg = plan.config
+    else:
+        cfg = (config or TrainConfig()).replace(**overrides).validate()
+        ensure_writable(cfg.output_dir or checkpoints_root(), OUTPUT_DIR_FIX)  # before any work
     device = select_device(cfg.device)
     seed_everything(cfg.seed)
     loaders = loaders or make_loaders(cfg.data_dir, image_size=cfg.image_size, batch_size=cfg.batch_size,
                                       num_workers=cfg.num_workers, seed=cfg.seed, augment=cfg.augment,
-                                      subset=cfg.subset)
+                                      subset=cfg.subset, bad_images=cfg.bad_images)
     if checkpoint is not None:
         if checkpoint["class_names"] != loaders.class_names:
             raise TLCourseError(f"{resume} was trained on classes {checkpoint['class_names']}, "
@@ -117,28 +125,26 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     forward_model = fast.forward_model
     if cfg.compile:
         forward_model = torch.compile(forward_model or model)
-    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay,
-                               momentum=cfg.momentum, head_lr_mult=cfg.head_lr_mult)
-    scheduler = make_scheduler(optimizer, cfg.scheduler, epochs=cfg.epochs, step_size=cfg.step_size, gamma=cfg.gamma)
-
+    # A resume builds the optimizer as it was saved (same groups), then applies the changed settings.
+    base = plan.saved if checkpoint is not None else cfg
+    optimizer = make_optimizer(model, cfg.optimizer, base.lr, weight_decay=base.weight_decay,
+                               momentum=base.momentum, head_lr_mult=base.head_lr_mult)
+    scheduler = make_scheduler(optimizer, cfg.scheduler, epochs=base.epochs, step_size=base.step_size,
+                               gamma=base.gamma)
+    args = cfg.to_dict() | {"class_names": loaders.class_names, "fast_path": fast.name,
+                            "fast_path_description": fast.description}
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if scheduler is not None and checkpoint.get("scheduler"):
-            scheduler.load_state_dict(checkpoint["scheduler"])
-        run_dir = Path(resume).resolve().parent
-        start_epoch, history = checkpoint["epoch"], checkpoint["history"]
-        restore_rng_state(checkpoint["rng"], loaders.train.generator)
+        run_dir, start_epoch, history = restore(plan, model, optimizer, scheduler, loaders.train.generator, args)
         if start_epoch >= cfg.epochs:
             print(f"{resume} already finished epoch {start_epoch} of {cfg.epochs}; pass a larger epochs to continue")
     else:
         run_dir = new_run_dir(cfg.run_name or f"{cfg.arch}_{cfg.freeze}", cfg.output_dir)
-        write_json(cfg.to_dict() | {"class_names": loaders.class_names, "fast_path": fast.name,
-                                    "fast_path_description": fast.description}, run_dir / ARGS_JSON)
+        write_json(args, run_dir / ARGS_JSON)
         start_epoch, history = 0, []
 
     saver = CheckpointSaver(run_dir, class_names=loaders.class_names, freeze=freeze, image_size=cfg.image_size,
                             config=cfg.to_dict() | {"fast_path": fast.name})
-    saver.saved_epoch = start_epoch or None
+    saver.saved_epoch = start_epoch if (run_dir / LATEST).is_file() and start_epoch else None
     history = fit(model, fast.train_loader, fast.val_loader, optimizer, cfg, scheduler=scheduler, saver=saver,
                   forward_model=forward_model, start_epoch=start_epoch, history=history,
                   generator=loaders.train.generator, row_extra={"path": fast.name})

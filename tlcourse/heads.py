@@ -12,7 +12,7 @@ from torch import nn
 
 from . import TLCourseError
 from .archs import spec_of
-from .config import HEADS
+from .config import HEADS, MAX_CLASSES
 
 
 def make_head(in_features: int, num_classes: int, head: str = "linear", *,
@@ -29,6 +29,9 @@ def make_head(in_features: int, num_classes: int, head: str = "linear", *,
         raise TLCourseError(f"head={head!r} is not supported; choose one of {', '.join(HEADS)}")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise TLCourseError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
+    if num_classes > MAX_CLASSES:
+        raise TLCourseError(f"num_classes={num_classes:,} is more than tlcourse supports ({MAX_CLASSES:,}): "
+                            f"the head alone would need {in_features * num_classes * 4 / 1e9:,.1f} GB")
     if not 0 <= dropout < 1:
         raise TLCourseError(f"dropout={dropout} must be >= 0 and < 1")
     if head == "binary":

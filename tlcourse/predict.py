@@ -21,6 +21,7 @@ from torch import nn
 
 from . import TLCourseError
 from .checkpoints import load_checkpoint, model_from_checkpoint
+from .checks import describe_load_error
 from .data import eval_transforms
 from .device import select_device
 from .heads import probabilities
@@ -59,7 +60,8 @@ class Predictor:
         self.device = select_device(device)
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         self.checkpoint_path = None if isinstance(checkpoint, dict) else Path(checkpoint)
-        self.model: nn.Module = model_from_checkpoint(ckpt, self.device)
+        source = str(self.checkpoint_path or "checkpoint")
+        self.model: nn.Module = model_from_checkpoint(ckpt, self.device, source=source)
         self.class_names: list[str] = list(ckpt["class_names"])
         self.image_size: int = ckpt["image_size"]
         self.transform = eval_transforms(self.image_size)
@@ -87,12 +89,14 @@ class Predictor:
         return results
 
     def _load(self, path: Path) -> torch.Tensor:
+        """The image as the model's input; any unreadable or oversized file is one line naming it."""
         try:
-            return self.transform(open_rgb(path))
+            image = open_rgb(path)  # refuses decompression bombs and absurd shapes from the header
         except FileNotFoundError:
             raise TLCourseError(f"image {path} does not exist") from None
-        except OSError as exc:
-            raise TLCourseError(f"image {path} cannot be read ({exc}); is it a valid image file?") from None
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+            raise TLCourseError(f"image {path}: {describe_load_error(path, exc)}") from None
+        return self.transform(image)
 
     def predict_image(self, path: str | Path, topk: int = 2) -> Prediction:
         path = Path(path)

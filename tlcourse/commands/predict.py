@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ._args import positive_int
+from ..config import FIELDS
+from ._args import device_name, int_between, positive_int
 
 
 def add(sub) -> None:
@@ -13,8 +14,8 @@ def add(sub) -> None:
     p.add_argument("--random", type=int, choices=[0, 1], default=0, help="1: pick --n random images under --image")
     p.add_argument("--n", type=positive_int, default=5)
     p.add_argument("--seed", type=int, default=None, help="seed for --random 1")
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int_between(1, FIELDS["batch_size"].metadata["high"]), default=32)
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(run=run)
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from ..archs import ARCHS
-from ..config import HEADS, PRESETS
-from ._args import positive_int
+from ..config import HEADS, MAX_CLASSES, PRESETS
+from ._args import int_between
 
 
 def add(sub) -> None:
     p = sub.add_parser("report", help="show which layers a freeze preset leaves trainable")
     p.add_argument("--arch", default="resnet18", choices=list(ARCHS))
-    p.add_argument("--num-classes", type=positive_int, default=2)
+    p.add_argument("--num-classes", type=int_between(2, MAX_CLASSES), default=2)
     p.add_argument("--head", default="linear", choices=HEADS)
     p.add_argument("--freeze", default="head", choices=PRESETS)
     p.add_argument("--detailed", action="store_true", help="one line per parameter tensor")
