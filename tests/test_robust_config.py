@@ -57,7 +57,7 @@ def bad_values(field, tmp: Path) -> list:
     elif kind is str:
         values += [3, b"bytes"]
     if meta["choices"] is not None:
-        values += ["nonsense", meta["choices"][0].upper() + "!"]
+        values += ["nonsense", list(meta["choices"])[0].upper() + "!"]
     if meta["check"] is not None:
         specific = checked_values(tmp)
         assert field.name in specific, f"add bad values for the checked field {field.name!r} to checked_values()"
