@@ -219,18 +219,22 @@ class CPUSyncBatchNorm(_BatchNorm):
         count = torch.tensor([input.numel() // input.size(1)], dtype=torch.float64)
         dist.all_reduce(count)
         n = count.item()
-        mean = _AllReduceSum.apply(input.sum(dims)) / n
-        centred = input - mean.view(shape)
+        # Sums in float64, as PyTorch's CPU BatchNorm accumulates: a float32 sum over a whole batch
+        # loses enough digits to change the gradient of the first layers by ~1e-3.
+        wide = input.double()
+        mean = _AllReduceSum.apply(wide.sum(dims)) / n
+        centred = wide - mean.view(shape)
         var = _AllReduceSum.apply((centred * centred).sum(dims)) / n
-        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        out = (centred * torch.rsqrt(var + self.eps).view(shape)).to(input.dtype)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
-                self.running_var.mul_(1 - factor).add_(var.detach() * (n / max(n - 1, 1)), alpha=factor)
+                self.running_mean.mul_(1 - factor).add_(mean.detach().to(self.running_mean.dtype), alpha=factor)
+                unbiased = var.detach() * (n / max(n - 1, 1))
+                self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
         return out
 
 
