@@ -129,8 +129,11 @@ def run(args: argparse.Namespace) -> list[dict]:
 def table(rows: list[dict], meta: dict) -> str:
     n, cores = meta["nproc"], meta["cpu_cores"]
     share = max(1, cores // n)
-    lines = [f"| run | epochs | 1 process, {cores} threads: s (epochs s) | 1 process, {share} threads: s (epochs s) "
-             f"| {n} processes x {share} threads: s (epochs s) | route | final val acc (1 / {n}) |",
+    def threads(k: int) -> str:
+        return f"{k} thread{'s' if k > 1 else ''}"
+
+    lines = [f"| run | epochs | 1 process, {threads(cores)}: s (epochs s) | 1 process, {threads(share)}: s (epochs s) "
+             f"| {n} processes x {threads(share)}: s (epochs s) | route | final val acc (1 / {n}) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         one, one_share, many = r["one"], r["one_share"], r["many"]

@@ -88,7 +88,7 @@ class TrainConfig:
                              check=_check_image_size)
     augment: bool = option(True, "random crops/flips/rotation for training (--no-augment: evaluation transforms)",
                            "data")
-    batch_size: int = option(32, "images per batch", "data", low=1, high=4096,
+    batch_size: int = option(32, "images per batch (per process with --nproc-per-node)", "data", low=1, high=4096,
                              hint=" (typical: 16-64; lower it if memory runs out)")
     num_workers: int = option(0, "DataLoader worker processes", "data", low=0, high=64,
                               hint=" (0 loads in the main process)")
