@@ -1,6 +1,8 @@
 """Data-parallel training (torchrun + DDP) on the CPU with gloo: the same steps as one process.
 
-The end-to-end tests start real processes (``torchrun -m tlcourse train`` and ``python -m tlcourse
+Each multi-process test takes 10-40 s on a shared 2-core machine (mostly starting Python and
+torch three times), so only the head-only equivalence runs in the fast suite; ``make test`` runs
+them all. The end-to-end tests start real processes (``torchrun -m tlcourse train`` and ``python -m tlcourse
 train --nproc-per-node 2``) with one thread each, on a generated 3-class dataset whose validation
 set (15 images) does not split evenly between 2 processes. The one-process reference runs in
 this test process with the same seed and one thread.
@@ -135,6 +137,7 @@ def test_two_processes_train_like_one_process_with_the_global_batch(data, tmp_pa
     assert torch.equal(_val_classes(restored, data), _val_classes(single.model, data))
 
 
+@pytest.mark.slow
 def test_last_stage_with_sync_bn_matches_and_resumes_with_one_process(data, tmp_path):
     """layer4 + fc with trained BatchNorm: --sync-bn gives one process's statistics; resume 2 -> 1 process."""
     out = tmp_path / "ddp"
@@ -158,6 +161,7 @@ def test_last_stage_with_sync_bn_matches_and_resumes_with_one_process(data, tmp_
     assert torch.equal(_val_classes(resumed.model, data), _val_classes(single.model, data))
 
 
+@pytest.mark.slow
 def test_a_failing_rank_stops_every_rank_with_one_error(data, tmp_path):
     """A bad image met only by rank 1 (it caches the odd positions): one line, status 2, no hang."""
     bad = make_image_folder(tmp_path / "bad", classes=("cat", "dog"), per_class={"train": 6, "val": 3})
@@ -200,22 +204,26 @@ def test_ctrl_c_stops_every_process_and_keeps_the_last_checkpoint(data, tmp_path
 
 
 @pytest.mark.slow
-def test_two_machines_rendezvous_with_master_addr(data, tmp_path):
-    """Two launchers as two 'machines' (--nnodes 2 --node-rank 0/1) on localhost, one process each."""
+def test_two_machines_resume_a_one_process_run(data, tmp_path):
+    """Two launchers as two 'machines' (--nnodes 2 --node-rank 0/1, --master-addr) continue a 1-process run."""
     import socket
 
+    first = _single(data, tmp_path / "ck", freeze="head", epochs=1)          # 1 process, batch 32
+    reference = _single(data, tmp_path / "ref", freeze="head", epochs=2)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = tmp_path / "ck"
-    common = ["-m", "tlcourse", "train", "--nnodes", "2", "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
-              "--master-port", str(port), *_options(data, out, batch_size=16, freeze="head", epochs=1)]
+    common = ["-m", "tlcourse", "train", "--resume", str(first.latest_path), "--epochs", "2", "--batch-size", "16",
+              "--progress", "epoch", "--nnodes", "2", "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
+              "--master-port", str(port)]
     procs = [subprocess.Popen([sys.executable, *common, "--node-rank", str(r)], cwd=tmp_path, env=_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     results = [p.communicate(timeout=RUN_TIMEOUT) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [r[1][-2000:] for r in results]
-    assert "EPOCH 1/1" in results[0][0] and "EPOCH" not in results[1][0]
-    assert json.loads((_run_dir(out) / "history.json").read_text())[0]["processes"] == 2
+    assert "EPOCH 2/2" in results[0][0] and "EPOCH" not in results[1][0]
+    history = json.loads((first.run_dir / "history.json").read_text())
+    _assert_same_run(history, reference.history)
+    assert "processes" not in history[0] and history[1]["processes"] == 2
 
 
 # --------------------------------------------------------------------------- the pieces
