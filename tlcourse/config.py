@@ -300,9 +300,12 @@ def config_arguments(overrides: dict) -> list[str]:
     """
     argv: list[str] = []
     for name, value in overrides.items():
-        flag = "--" + FIELDS[name].name.replace("_", "-")
-        if FIELDS[name].metadata["kind"] is bool:
+        flag, kind = "--" + name.replace("_", "-"), FIELDS[name].metadata["kind"]
+        if kind is bool:
             argv.append(flag if value else "--no-" + flag[2:])
-        else:
-            argv += [flag, "none" if value is None else repr(value) if isinstance(value, float) else str(value)]
+        elif value is None:
+            if kind is str:                  # "--weights none"; an int left at None is its default
+                argv.append(f"{flag}=none")
+        else:                                # --flag=value: a value may start with "-"
+            argv.append(f"{flag}={repr(value) if isinstance(value, float) else value}")
     return argv
