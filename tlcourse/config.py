@@ -112,7 +112,7 @@ class TrainConfig:
                              check=_check_image_size)
     augment: bool = option(True, "random crops/flips/rotation for training (--no-augment: evaluation transforms)",
                            "data")
-    batch_size: int = option(32, "images per batch", "data", low=1, high=4096,
+    batch_size: int = option(32, "images per batch (per process with --nproc-per-node)", "data", low=1, high=4096,
                              hint=" (typical: 16-64; lower it if memory runs out)")
     num_workers: int = option(0, "DataLoader worker processes", "data", low=0, high=64,
                               hint=" (0 loads in the main process)")
@@ -127,6 +127,8 @@ class TrainConfig:
     freeze: str = option("head", "what learns: head (feature extraction), last_stage (last stage + head), all",
                          "model", choices=PRESETS)
     bn_eval: bool = option(True, "frozen BatchNorm keeps its pretrained running statistics", "model")
+    sync_bn: bool = option(False, "with several processes (torchrun): BatchNorm layers that train normalise over "
+                           "the whole step's batch (SyncBatchNorm), not each process's share", "model")
     # --- optimizer and schedule
     epochs: int = option(5, "number of epochs", "optimizer", low=1, high=10_000)
     lr: float = option(1e-3, "learning rate", "optimizer", low=0, low_open=True, high=10,
@@ -313,3 +315,21 @@ def config_overrides(args: argparse.Namespace) -> dict:
     """The ``TrainConfig`` fields the user typed on the command line."""
     typed = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig) if f.metadata["cli"]}
     return {name: (None if value is NONE_GIVEN else value) for name, value in typed.items() if value is not None}
+
+
+def config_arguments(overrides: dict) -> list[str]:
+    """The ``train`` options that give ``overrides`` back (the inverse of :func:`config_overrides`).
+
+    ``python -m tlcourse train --nproc-per-node N`` passes a run's settings on to its workers so.
+    """
+    argv: list[str] = []
+    for name, value in overrides.items():
+        flag, kind = "--" + name.replace("_", "-"), FIELDS[name].metadata["kind"]
+        if kind is bool:
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif value is None:
+            if kind is str:                  # "--weights none"; an int left at None is its default
+                argv.append(f"{flag}=none")
+        else:                                # --flag=value: a value may start with "-"
+            argv.append(f"{flag}={repr(value) if isinstance(value, float) else value}")
+    return argv

@@ -3,6 +3,8 @@ training route, the optimizer and the run folder, then calls ``tlcourse.loops.fi
 
 ``train(resume="checkpoints/<run>/latest.pt")`` continues a run in its own folder with the
 saved random state; on the CPU the result equals an uninterrupted run with the same seed.
+Started by ``torchrun`` (``python -m tlcourse train --nproc-per-node N``), every process runs
+``train`` and ``tlcourse.distributed`` makes them one data-parallel run.
 The pieces live in their own modules: ``config`` (the settings), ``loops`` (the epoch loops),
 ``fast`` (the cached routes), ``checkpoints`` (files), ``history`` (the per-epoch record).
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import TLCourseError
+from . import TLCourseError, distributed
 from .checkpoints import (
     ARGS_JSON,
     BEST_ACC,
@@ -38,7 +40,7 @@ from .history import best_from_history, format_epoch, write_history
 from .loops import evaluate, fit, train_one_epoch
 from .models import build_model
 from .optim import make_optimizer, make_scheduler
-from .resume import plan_resume, restore
+from .resume import plan_resume, restore_state, resume_folder
 from .settings import checkpoints_root
 
 # What notebooks and learners import from here: the run, and the pieces they look at.
@@ -95,7 +97,19 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     ``epochs``; on the CPU the result equals an uninterrupted run with the same seed. An older
     checkpoint continues in a new run folder; settings that define the model cannot change, the
     others (epochs, lr...) apply and are recorded (see ``tlcourse.resume``).
+    In a process started by torchrun it trains one rank of a DistributedDataParallel run
+    (``tlcourse.distributed``) and always leaves the process group when it returns or raises.
     """
+    with distributed.session() as group:
+        return _train(config, resume=resume, loaders=loaders, group=group, **overrides)
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+def _train(config: TrainConfig | None, *, resume: str | Path | None, loaders: Loaders | None,
+           group: distributed.Group | None, **overrides) -> RunResult:
     checkpoint = load_checkpoint(resume) if resume is not None else None
     if checkpoint is not None:  # what may change, where it continues, writable: see tlcourse.resume
         plan = plan_resume(resume, checkpoint, config, overrides)
@@ -103,7 +117,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     else:
         cfg = (config or TrainConfig()).replace(**overrides).validate()
         ensure_writable(cfg.output_dir or checkpoints_root(), OUTPUT_DIR_FIX)  # before any work
-    device = select_device(cfg.device)
+    device = group.start(cfg.device) if group else select_device(cfg.device)
+    say = print if group is None or group.is_main else _quiet
     seed_everything(cfg.seed)
     loaders = loaders or make_loaders(cfg.data_dir, image_size=cfg.image_size, batch_size=cfg.batch_size,
                                       num_workers=cfg.num_workers, seed=cfg.seed, augment=cfg.augment,
@@ -119,9 +134,13 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         model = _new_model(cfg, len(loaders.class_names))
         freeze = cfg.freeze
     model.to(device)
+    if group is not None:
+        bn = group.prepare_model(model, cfg.sync_bn)
+        if cfg.progress != "none":
+            say(f"{group.describe(cfg.batch_size)}; {bn}")
     # Which route runs (plain loop, cached features/activations, decoded images) and its caches.
-    fast = prepare_fast_path(model, loaders, cfg, device,
-                             log=(lambda line: None) if cfg.progress == "none" else print)
+    fast = prepare_fast_path(model, loaders, cfg, device, log=_quiet if cfg.progress == "none" else say,
+                             **(group.fast_hooks() if group else {}))
     forward_model = fast.forward_model
     if cfg.compile:
         forward_model = torch.compile(forward_model or model)
@@ -133,20 +152,36 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                                gamma=base.gamma)
     args = cfg.to_dict() | {"class_names": loaders.class_names, "fast_path": fast.name,
                             "fast_path_description": fast.description}
-    if checkpoint is not None:
-        run_dir, start_epoch, history = restore(plan, model, optimizer, scheduler, loaders.train.generator, args)
+    train_loader, val_loader, eval_model, fit_cfg = fast.train_loader, fast.val_loader, None, cfg
+    if group is not None:   # DDP trains through the wrapper; each rank evaluates its val share on the plain module
+        train_loader, val_loader = group.shard_loaders(train_loader, val_loader, cfg.seed)
+        eval_model = forward_model or model
+        forward_model = group.wrap(eval_model)
+        fit_cfg = group.fit_config(cfg)
+
+    if checkpoint is not None:   # every rank restores the state; one rank writes the folder
+        restore_state(plan, model, optimizer, scheduler, loaders.train.generator, log=say)
+        run_dir = (group.on_main(lambda: resume_folder(plan, args, log=say), "prepare the run folder") if group
+                   else resume_folder(plan, args, log=say))
+        start_epoch, history = plan.epoch, list(checkpoint["history"])
         if start_epoch >= cfg.epochs:
-            print(f"{resume} already finished epoch {start_epoch} of {cfg.epochs}; pass a larger epochs to continue")
+            say(f"{resume} already finished epoch {start_epoch} of {cfg.epochs}; pass a larger epochs to continue")
     else:
-        run_dir = new_run_dir(cfg.run_name or f"{cfg.arch}_{cfg.freeze}", cfg.output_dir)
-        write_json(args, run_dir / ARGS_JSON)
+        def create_run_dir() -> Path:
+            run_dir = new_run_dir(cfg.run_name or f"{cfg.arch}_{cfg.freeze}", cfg.output_dir)
+            write_json(args, run_dir / ARGS_JSON)
+            return run_dir
+
+        run_dir = group.on_main(create_run_dir, "create the run folder") if group else create_run_dir()
         start_epoch, history = 0, []
 
     saver = CheckpointSaver(run_dir, class_names=loaders.class_names, freeze=freeze, image_size=cfg.image_size,
                             config=cfg.to_dict() | {"fast_path": fast.name})
     saver.saved_epoch = start_epoch if (run_dir / LATEST).is_file() and start_epoch else None
-    history = fit(model, fast.train_loader, fast.val_loader, optimizer, cfg, scheduler=scheduler, saver=saver,
+    history = fit(model, train_loader, val_loader, optimizer, fit_cfg, scheduler=scheduler,
+                  saver=distributed.MainOnlySaver(saver, group) if group else saver,
                   forward_model=forward_model, start_epoch=start_epoch, history=history,
-                  generator=loaders.train.generator, row_extra={"path": fast.name})
+                  generator=loaders.train.generator, log=say, eval_model=eval_model, distributed=group,
+                  row_extra={"path": fast.name, **({"processes": group.world} if group else {})})
     return RunResult(model, history, run_dir, loaders.class_names, best_from_history(history), cfg,
                      route=fast.description, fast_path=fast.name, cache_seconds=fast.seconds)

@@ -342,8 +342,13 @@ def choose_path(model: nn.Module, cfg: TrainConfig, train_dataset: Dataset) -> t
 
 
 def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
-            log: Callable[[str], None] = print) -> FastSetup:
-    """Choose the training path for ``cfg`` and build its loaders (and caches); log one line."""
+            log: Callable[[str], None] = print, compute: Callable = compute_cache,
+            decode: Callable = DecodedImages) -> FastSetup:
+    """Choose the training path for ``cfg`` and build its loaders (and caches); log one line.
+
+    ``compute`` and ``decode`` build the caches (``compute_cache``, ``DecodedImages``); with several
+    processes ``tlcourse.distributed`` passes versions that split the work across them.
+    """
     device = torch.device(device)
     train_set, val_set = loaders.train.dataset, loaders.val.dataset
     name, point, reason = choose_path(model, cfg, train_set)
@@ -365,8 +370,8 @@ def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
                               loaders.train, loaders.val)
             log(f"training path: {setup.description}")
             return setup
-        train_d = DecodedImages(samples["train"], size, augment=augmented)
-        val_d = DecodedImages(samples["val"], size, augment=False)
+        train_d = decode(samples["train"], size, augment=augmented)
+        val_d = decode(samples["val"], size, augment=False)
         seconds = time.perf_counter() - started
         total = len(train_d) + len(val_d)
         setup = FastSetup("decode", f"images decoded once into memory ({total} images, "
@@ -390,18 +395,18 @@ def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
         return setup
     common = dict(batch_size=loaders.train.batch_size, device=device, dtype=dtype, num_workers=workers,
                   channels_last=cfg.channels_last)
-    val_x, val_y = compute_cache(split.prefix, val_set, **common)
+    val_x, val_y = compute(split.prefix, val_set, **common)
     if name == "views":
         cached = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)   # the augmentations drawn for the views are seeded
             for _ in range(cfg.fast_views):   # each view continues the seeded random stream
-                x, train_y = compute_cache(split.prefix, train_set, keep_rng=False, **common)
+                x, train_y = compute(split.prefix, train_set, keep_rng=False, **common)
                 cached.append(x)
         train_x = torch.stack(cached)
         train_d = CachedViews(train_x, train_y)
     else:
-        train_x, train_y = compute_cache(split.prefix, train_set, **common)
+        train_x, train_y = compute(split.prefix, train_set, **common)
         train_d = CachedTensors(train_x, train_y)
     seconds = time.perf_counter() - started
     cache_bytes = train_x.numel() * train_x.element_size() + val_x.numel() * val_x.element_size()

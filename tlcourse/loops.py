@@ -142,7 +142,7 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, config: TrainConf
         scheduler=None, saver: CheckpointSaver | None = None, loss_fn: nn.Module | None = None,
         forward_model: nn.Module | None = None, start_epoch: int = 0, history: list[dict] | None = None,
         generator: torch.Generator | None = None, log: Callable[[str], None] = print,
-        row_extra: dict | None = None) -> list[dict]:
+        row_extra: dict | None = None, eval_model: nn.Module | None = None, distributed=None) -> list[dict]:
     """Train for epochs ``start_epoch+1 .. config.epochs``, validating after each; return the history.
 
     From ``config`` it takes ``epochs``, ``device``, ``amp``, ``channels_last``, ``max_batches``
@@ -152,11 +152,16 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, config: TrainConf
     only the head on cached features but saves the whole network. ``generator`` is the training
     loader's shuffling generator, saved for an exact resume. ``row_extra`` is added to every
     history row (``train`` records which route ran).
+
+    With several processes (``tlcourse.distributed``) ``forward_model`` is the DDP wrapper,
+    ``eval_model`` the module it wraps (each rank evaluates its own share of the validation set),
+    and ``distributed`` the ``Group`` that sums the metrics over the ranks.
     """
     cfg = config
     epochs = cfg.epochs
     device = select_device(cfg.device)
     forward_model = forward_model or model
+    eval_model = eval_model or forward_model
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -176,8 +181,13 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, config: TrainConf
             set_epoch(train_loader, epoch)
             train_stats = train_one_epoch(forward_model, train_loader, optimizer, loss_fn, device, scaler=scaler,
                                           desc=f"epoch {epoch}/{epochs} train", **common)
-            val_stats = evaluate(forward_model, val_loader, loss_fn, device, desc=f"epoch {epoch}/{epochs} val",
+            if distributed is not None:
+                train_stats = distributed.reduce_stats(train_stats)
+                distributed.sync_buffers(eval_model)
+            val_stats = evaluate(eval_model, val_loader, loss_fn, device, desc=f"epoch {epoch}/{epochs} val",
                                  **common)
+            if distributed is not None:
+                val_stats = distributed.reduce_stats(val_stats)
             if scheduler is not None:
                 scheduler.step()
             row = {"epoch": epoch, "train_loss": train_stats["loss"], "train_acc": train_stats["acc"],

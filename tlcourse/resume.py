@@ -113,11 +113,10 @@ def _branch_root(run_dir: Path, cfg: TrainConfig) -> Path:
     return Path(cfg.output_dir).expanduser() if cfg.output_dir else checkpoints_root()
 
 
-def restore(plan: ResumePlan, model, optimizer, scheduler, generator, args: dict,
-            log=print) -> tuple[Path, int, list[dict]]:
-    """Load the optimizer, scheduler and random state, apply the changed settings, pick the folder.
+def restore_state(plan: ResumePlan, model, optimizer, scheduler, generator, log=print) -> None:
+    """Load the optimizer, scheduler and random state, then apply the changed settings.
 
-    ``args`` is what ``args.json`` of a new run holds. Returns ``(run_dir, start_epoch, history)``.
+    Every process of a run does this; only one writes the folder (:func:`resume_folder`).
     """
     ckpt = plan.checkpoint
     try:
@@ -132,6 +131,13 @@ def restore(plan: ResumePlan, model, optimizer, scheduler, generator, args: dict
     if plan.changed:
         log("resuming with changed settings: "
             + ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in plan.changed.items()))
+
+
+def resume_folder(plan: ResumePlan, args: dict, log=print) -> Path:
+    """The folder the resumed run writes to (its own, or a new one for an older checkpoint).
+
+    ``args`` is what ``args.json`` of a new run holds; a resume in place appends to the old one.
+    """
     record = {"from": str(plan.path), "epoch": plan.epoch,
               "changed": {name: new for name, (_, new) in plan.changed.items()}}
     if plan.in_place:
@@ -141,13 +147,13 @@ def restore(plan: ResumePlan, model, optimizer, scheduler, generator, args: dict
         except (OSError, ValueError):
             previous = dict(args)
         write_json(previous | {"resumed": [*previous.get("resumed", []), record]}, run_dir / ARGS_JSON)
-    else:
-        cfg = plan.config
-        run_dir = new_run_dir(cfg.run_name or f"{cfg.arch}_{cfg.freeze}", _branch_root(plan.run_dir, cfg))
-        write_json(args | {"resumed": [record]}, run_dir / ARGS_JSON)
-        log(f"{plan.path} holds epoch {plan.epoch}, not the newest of {plan.run_dir}: continuing in a new run folder "
-            f"{run_dir}; the old run is left as it is")
-    return run_dir, plan.epoch, list(ckpt["history"])
+        return run_dir
+    cfg = plan.config
+    run_dir = new_run_dir(cfg.run_name or f"{cfg.arch}_{cfg.freeze}", _branch_root(plan.run_dir, cfg))
+    write_json(args | {"resumed": [record]}, run_dir / ARGS_JSON)
+    log(f"{plan.path} holds epoch {plan.epoch}, not the newest of {plan.run_dir}: continuing in a new run folder "
+        f"{run_dir}; the old run is left as it is")
+    return run_dir
 
 
 def apply_changes(plan: ResumePlan, model, optimizer, scheduler) -> None:

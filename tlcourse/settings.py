@@ -18,6 +18,9 @@ ENV_DATA_DIR = "TLCOURSE_DATA_DIR"
 ENV_DATA_MIRROR = "TLCOURSE_DATA_MIRROR"
 ENV_WEIGHTS_DIR = "TLCOURSE_WEIGHTS_DIR"
 ENV_CHECKPOINTS_DIR = "TLCOURSE_CHECKPOINTS_DIR"
+#: Seconds a process of a multi-process run waits for the others before giving up (``--dist-timeout``).
+ENV_DIST_TIMEOUT = "TLCOURSE_DIST_TIMEOUT"
+DIST_TIMEOUT_DEFAULT = 600
 
 
 def project_root() -> Path:
