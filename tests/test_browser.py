@@ -67,6 +67,9 @@ class Lab:
         settings.mkdir(parents=True)
         (settings / "notification.jupyterlab-settings").write_text(json.dumps(
             {"fetchNews": "false", "checkForUpdates": False}))
+        notebook_settings = home / "settings" / "@jupyterlab" / "notebook-extension"
+        notebook_settings.mkdir(parents=True)  # every cell stays in the page, scrolled into view or not
+        (notebook_settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TLCOURSE_WEIGHTS", "TLCOURSE_SMOKE"))}
         env.update(JUPYTER_CONFIG_DIR=str(self.config), JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
                    JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
@@ -104,7 +107,8 @@ class Lab:
         from jupyter_client import BlockingKernelClient
 
         (session,) = self.api("sessions")
-        client = BlockingKernelClient(connection_file=str(self.home / "runtime" / f"kernel-{session['kernel']['id']}.json"))
+        connection = self.home / "runtime" / f"kernel-{session['kernel']['id']}.json"
+        client = BlockingKernelClient(connection_file=str(connection))
         client.load_connection_file()
         client.start_channels()
         return client
@@ -206,7 +210,8 @@ def _drive(page, lab: Lab, console: list) -> None:
         for action, ticked in steps:
             verb, _, target = action.partition(" ")
             if verb in ("tick", "untick"):
-                box = panel.locator(".widget-checkbox").filter(has=page.get_by_text(target, exact=True)).locator("input")
+                label = page.get_by_text(target, exact=True)
+                box = panel.locator(".widget-checkbox").filter(has=label).locator("input")
                 assert box.is_checked() == (verb == "untick")
                 box.click()  # a real mouse click at the checkbox
             elif verb == "preset":

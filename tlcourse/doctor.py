@@ -113,12 +113,12 @@ def check_jupyterlab() -> Check:
 def parse_labextensions(text: str) -> tuple[str, str] | None:
     """``(version, "enabled"|"disabled")`` of the widgets extension in ``jupyter labextension list`` output."""
     plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    listing, _, disabled_block = plain.partition("Disabled extensions:")
     state = None
-    for line in plain.splitlines():
+    for line in listing.splitlines():
         parts = line.split()
         if parts[:1] == [WIDGETS_EXTENSION] and len(parts) >= 3:
             state = (parts[1].lstrip("v"), "disabled" if "disabled" in parts else "enabled")
-    disabled_block = plain.split("Disabled extensions:", 1)[1] if "Disabled extensions:" in plain else ""
     if state and WIDGETS_EXTENSION in disabled_block:
         state = (state[0], "disabled")
     return state
