@@ -176,6 +176,20 @@ def test_plan_follows_the_notebooks_weights_policy(tmp_path, offline_weights, mo
     assert job.parameters == {"weights": "IMAGENET1K_V1"} and job.weights == "resnet18 IMAGENET1K_V1"
 
 
+def test_runner_prints_each_offline_notice_once(tmp_path, offline_weights):
+    for name in ("01_a.ipynb", "02_b.ipynb"):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+            'arch = "resnet18"\nweights = "DEFAULT"', metadata={"tags": ["parameters"]})])
+        nb.metadata["tlcourse"] = {NEEDS_PRETRAINED: False}
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, tmp_path / name)
+    lines = []
+    results = run_course(folder=tmp_path, output=tmp_path / "out", echo=lines.append)
+    notices = [line for line in lines if line.startswith("notice:")]
+    assert len(notices) == 1 and notices[0].endswith("[notebooks 01, 02]") and lines[0] == notices[0]
+    assert [(r.status, r.weights) for r in results] == [("ok", "resnet18 none (random init)")] * 2
+
+
 def test_missing_dataset_stops_the_course_before_any_notebook(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_DATA_DIR, str(tmp_path / "data"))
     monkeypatch.setenv(ENV_DATA_MIRROR, str(tmp_path / "nowhere" / "hymenoptera_data.zip"))

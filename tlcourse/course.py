@@ -348,8 +348,12 @@ def run_course(*, folder: str | Path | None = None, output: str | Path | None = 
     check_parameter_names(paths, overrides or {})
     ensure_dataset(paths, overrides)
     jobs = plan(paths, smoke=smoke, overrides=overrides, choose_weights=check_weights)
-    for notice in dict.fromkeys(job.notice for job in jobs if job.notice):  # each notice once, in order
-        echo(notice)
+    notices: dict[str, list[str]] = {}
+    for job in jobs:
+        if job.notice:
+            notices.setdefault(job.notice, []).append(job.path.name[:2])
+    for notice, numbers in notices.items():  # each notice once, naming the notebooks it applies to
+        echo(f"{notice} [{'notebook' if len(numbers) == 1 else 'notebooks'} {', '.join(numbers)}]")
     results = []
     for i, job in enumerate(jobs, 1):
         prefix = f"[{i}/{len(jobs)}] {job.path.stem} ..."

@@ -128,8 +128,8 @@ def choose_weights(arch: str, weights: str | Path | None = "DEFAULT", *, pretrai
             found = find_weights(other, network=False) if other != arch else None
             if found is not None:
                 shown = Path(found[0]).name if is_weights_file(found[0]) else f"{found[0]}, {found[1]}"
-                choice = WeightsChoice(other, found[0], True, found[1], f"notice: {missing}; this notebook "
-                                       f"uses {other} with its pretrained backbone ({shown}) instead.")
+                choice = WeightsChoice(other, found[0], True, found[1], f"notice: {missing}; using {other} "
+                                       f"with its pretrained backbone ({shown}) instead.")
                 break
         else:
             choice = WeightsChoice(arch, None, False, "random init", (
