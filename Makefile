@@ -3,18 +3,34 @@
 #   make test     set up, run the test suite
 # The virtual environment is (re)installed only when pyproject.toml changes.
 
+# An offline classroom share beside the checkout, ../shared (the dataset archive and pretrained
+# backbones), is picked up automatically; a TLCOURSE_* variable already set always wins.
+ROOT   := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+SHARED := $(abspath $(ROOT)/../shared)
+ifeq ($(origin TLCOURSE_DATA_MIRROR),undefined)
+ifneq ($(wildcard $(SHARED)/datasets/hymenoptera_data.zip),)
+export TLCOURSE_DATA_MIRROR := $(SHARED)/datasets/hymenoptera_data.zip
+endif
+endif
+ifeq ($(origin TLCOURSE_WEIGHTS_DIR),undefined)
+ifneq ($(wildcard $(SHARED)/weights/*.pth $(SHARED)/weights/*.pt),)
+export TLCOURSE_WEIGHTS_DIR := $(SHARED)/weights
+endif
+endif
+
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tlcourse-installed
 ARGS   ?=
 
-.PHONY: help install data course test test-fast lint bench lab clean-venv
+.PHONY: help install data course test test-fast lint bench lab doctor clean-venv
 
 help:
 	@echo "make course   run every notebook headless into notebooks/executed/ (sets up first)"
 	@echo "make test     run the tests (sets up first)"
-	@echo "make lab      open the course in JupyterLab"
+	@echo "make lab      open the course in JupyterLab (runs make doctor first)"
+	@echo "make doctor   check what the course needs (python, torch, JupyterLab, widgets, data, weights, disk)"
 	@echo "make data     download the ants/bees dataset into data/"
 	@echo "make bench    CPU speed benchmark (plain loop vs tlcourse's fast path)"
 	@echo "make lint     ruff (style, imports, likely bugs)"
@@ -46,7 +62,13 @@ lint: install
 bench: install
 	$(PY) -m tlcourse bench $(ARGS)
 
+doctor: install
+	$(PY) -m tlcourse doctor
+
+# The doctor's table comes first; a FAIL row (e.g. no dataset offline) still opens JupyterLab,
+# because notebooks 01-02 need neither data nor pretrained weights.
 lab: install
+	@$(PY) -m tlcourse doctor || echo "make lab: fix the FAIL rows above for the whole course; opening JupyterLab anyway"
 	$(VENV)/bin/jupyter lab notebooks/
 
 clean-venv:

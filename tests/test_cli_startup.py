@@ -38,7 +38,8 @@ def _probe(*args: str) -> subprocess.CompletedProcess:
                           timeout=120, cwd=REPO)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["data", "--help"], ["report", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["data", "--help"], ["report", "--help"],
+                                  ["doctor", "--help"]])
 def test_help_does_not_import_torch(args):
     out = _probe(*args)
     assert out.returncode == 0 and "usage:" in out.stdout

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
+from tlcourse import TLCourseError, offline
 from tlcourse.course import (
     CHECK_MARKER,
     ENV_SMOKE,
     ENV_WEIGHTS,
+    NEEDS_PRETRAINED,
     Job,
     declared_parameters,
     find_notebooks,
@@ -28,6 +31,7 @@ from tlcourse.course import (
     run_course,
     run_notebook,
 )
+from tlcourse.settings import ENV_DATA_DIR, ENV_DATA_MIRROR, ENV_WEIGHTS_DIR
 
 pytestmark = pytest.mark.notebooks
 
@@ -60,6 +64,16 @@ def test_notebook_follows_the_course_rules(path):
     if "smoke" in declared:
         assert ENV_SMOKE in declared["smoke"], "smoke default must read TLCOURSE_SMOKE"
     assert any("key-result" in c.metadata.get("tags", []) for c in nb.cells), "a cell tagged 'key-result'"
+    if "weights" in declared:  # the one offline policy (tlcourse.offline), declared for the runner too
+        code = "".join(c.source for c in nb.cells if c.cell_type == "code")
+        needs = nb.metadata.get("tlcourse", {}).get(NEEDS_PRETRAINED)
+        assert isinstance(needs, bool), f"metadata.tlcourse.{NEEDS_PRETRAINED}: true (trains or predicts) or false"
+        assert "arch" in declared and "choose_weights(arch, weights, pretrained_needed=" in code
+        assert ("pretrained_needed=not smoke" in code) == needs and ("pretrained_needed=False" in code) == (not needs)
+        if needs:  # a pretrained result must beat always guessing the most common class, and say its weights
+            assert "if pretrained and not smoke:" in code and "> majority" in code
+            key = "".join(c.source for c in nb.cells if "key-result" in c.metadata.get("tags", []))
+            assert "choice.label" in key, "the key result says which weights were used"
     assert "tlcourse" in "".join(c.source for c in nb.cells if c.cell_type == "code")
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -73,12 +87,13 @@ def test_notebook_follows_the_course_rules(path):
                 assert forbidden not in text
 
 
-def test_kernel_runs_this_interpreter(tmp_path):
+def test_kernel_runs_this_interpreter(tmp_path, capfd):
     assert Path(kernel_command()[0]).resolve() == Path(sys.executable).resolve()
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell("import sys, tlcourse\nfrom tlcourse.course import key_result\n"
-                                  "key_result(f'{sys.executable}|{tlcourse.__file__}|{x}')",
+                                  "from ipykernel.kernelapp import IPKernelApp\n"
+                                  "key_result(f'{sys.executable}|{tlcourse.__file__}|{x}|{IPKernelApp.instance().transport}')",
                                   metadata={"tags": ["key-result"]}),
         nbformat.v4.new_code_cell("raise ValueError('boom')"),
     ])
@@ -89,19 +104,103 @@ def test_kernel_runs_this_interpreter(tmp_path):
     # the failing cell is named in one line (In [N] as in the executed copy, after the injected parameters)
     assert result.status == "FAILED"
     assert "99_probe: In [4] `raise ValueError('boom')` raised ValueError: boom" == result.error
-    executable, package, x = read_key_result(result.output).split("|")
+    executable, package, x, transport = read_key_result(result.output).split("|")
     assert Path(executable).resolve() == Path(sys.executable).resolve()
     assert Path(package).resolve() == (ROOT / "tlcourse" / "__init__.py").resolve() and x == "7"
+    # local sockets, not TCP: ipykernel's "running over TCP without encryption" warning is gone
+    # (the kernel's stderr is not filtered: real errors still reach the terminal)
+    assert transport == ("tcp" if os.name == "nt" else "ipc")
+    assert "without encryption" not in "".join(capfd.readouterr())
 
 
-def test_offline_plan_uses_random_init_for_structure_notebooks():
-    jobs = plan(NOTEBOOKS, weights_available=False)
+@pytest.fixture
+def offline_weights(tmp_path, monkeypatch):
+    """No network, an empty torch hub cache, and a TLCOURSE_WEIGHTS_DIR holding a MobileNetV2 backbone."""
+    monkeypatch.setattr(offline, "reachable", lambda url: False)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "mobilenet_v2_imagenet_backbone.pth").write_bytes(b"")  # plan only looks for it
+    monkeypatch.setenv(ENV_WEIGHTS_DIR, str(folder))
+    return folder / "mobilenet_v2_imagenet_backbone.pth"
+
+
+def test_offline_plan_of_the_course(offline_weights):
+    """Offline: structure notebooks get random weights, every training notebook the pretrained backbone."""
+    jobs = plan(NOTEBOOKS)
     for job in jobs:
-        offline_arch = nbformat.read(job.path, 4).metadata.get("tlcourse", {}).get("offline_arch")
-        if "weights" in declared_parameters(job.path) and not offline_arch:
-            assert job.parameters["weights"] is None and "none" in job.weights
-    online = plan(NOTEBOOKS[:1], weights_available=True, overrides={"num_classes": 3, "unknown": 1})
-    assert online[0].parameters == {"weights": "DEFAULT", "num_classes": 3}
+        if "weights" not in declared_parameters(job.path):
+            continue
+        if nbformat.read(job.path, 4).metadata["tlcourse"][NEEDS_PRETRAINED]:
+            assert job.parameters["arch"] == "mobilenet_v2" and job.parameters["weights"] == str(offline_weights)
+            assert job.weights == "mobilenet_v2 mobilenet_v2_imagenet_backbone.pth"
+        else:
+            assert job.parameters["weights"] is None and job.weights == "resnet18 none (random init)"
+            assert "arch" not in job.parameters
+        assert job.notice and "resnet18-f37072fd.pth" in job.notice
+    assert len({job.notice for job in jobs if job.notice}) == 2  # the runner prints each notice once
+    smoke = plan(NOTEBOOKS, smoke=True)
+    assert all(job.parameters.get("weights") is None and job.notice is None for job in smoke)
+
+
+def _training_like_notebook(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        'import os\narch = "resnet18"\nweights = os.environ.get("TLCOURSE_WEIGHTS", "DEFAULT")\n'
+        'smoke = os.environ.get("TLCOURSE_SMOKE", "0") in ("1", "true")\nepochs = 10\nlr = 1e-3',
+        metadata={"tags": ["parameters"]})])
+    nb.metadata["tlcourse"] = {NEEDS_PRETRAINED: True}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_plan_follows_the_notebooks_weights_policy(tmp_path, offline_weights, monkeypatch):
+    source = _training_like_notebook(tmp_path / "03_train.ipynb")
+    (job,) = plan([source])
+    assert job.parameters == {"arch": "mobilenet_v2", "weights": str(offline_weights)}
+    # no backbone either: random init, said in the notice (the notebook then skips its accuracy claims)
+    offline_weights.unlink()
+    (job,) = plan([source])
+    assert job.parameters == {"weights": None} and "accuracy checks are skipped" in job.notice
+    # ResNet-18 weights in TLCOURSE_WEIGHTS_DIR: passed as the file; an explicit file is used as given
+    resnet = offline_weights.parent / "resnet18-f37072fd.pth"
+    resnet.write_bytes(b"")
+    (job,) = plan([source], overrides={"lr": 0.01})
+    assert job.parameters == {"weights": str(resnet), "lr": 0.01} and job.notice is None
+    (job,) = plan([source], overrides={"weights": "my/backbone.pth", "unknown": 1})
+    assert job.parameters == {"weights": "my/backbone.pth"} and job.weights == "resnet18 backbone.pth"
+    # online: the name is passed on for torchvision to download
+    resnet.unlink()
+    monkeypatch.setattr(offline, "reachable", lambda url: True)
+    (job,) = plan([source], overrides={"weights": "IMAGENET1K_V1"})
+    assert job.parameters == {"weights": "IMAGENET1K_V1"} and job.weights == "resnet18 IMAGENET1K_V1"
+
+
+def test_runner_prints_each_offline_notice_once(tmp_path, offline_weights):
+    for name in ("01_a.ipynb", "02_b.ipynb"):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+            'arch = "resnet18"\nweights = "DEFAULT"', metadata={"tags": ["parameters"]})])
+        nb.metadata["tlcourse"] = {NEEDS_PRETRAINED: False}
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, tmp_path / name)
+    lines = []
+    results = run_course(folder=tmp_path, output=tmp_path / "out", echo=lines.append)
+    notices = [line for line in lines if line.startswith("notice:")]
+    assert len(notices) == 1 and notices[0].endswith("[notebooks 01, 02]") and lines[0] == notices[0]
+    assert [(r.status, r.weights) for r in results] == [("ok", "resnet18 none (random init)")] * 2
+
+
+def test_missing_dataset_stops_the_course_before_any_notebook(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_DATA_DIR, str(tmp_path / "data"))
+    monkeypatch.setenv(ENV_DATA_MIRROR, str(tmp_path / "nowhere" / "hymenoptera_data.zip"))
+    lines = []
+    with pytest.raises(TLCourseError) as info:
+        run_course(folder=ROOT / "notebooks", output=tmp_path / "out", smoke=True, echo=lines.append)
+    message = str(info.value)
+    assert ENV_DATA_MIRROR in message and "no notebook was run" in message and "\n" not in message
+    assert lines == [] and not (tmp_path / "out").exists()
+    # structure notebooks alone need no dataset
+    assert "data_dir" not in declared_parameters(NOTEBOOKS[0])
 
 
 def test_smoke_run_of_every_notebook(tmp_path):
@@ -128,38 +227,6 @@ def test_nbval_on_committed_notebooks(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
-def _training_like_notebook(path: Path) -> Path:
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        'import os\narch = "resnet18"\nweights = os.environ.get("TLCOURSE_WEIGHTS", "DEFAULT")\n'
-        'smoke = os.environ.get("TLCOURSE_SMOKE", "0") in ("1", "true")\nepochs = 10\nlr = 1e-3',
-        metadata={"tags": ["parameters"]})])
-    nb.metadata["tlcourse"] = {"offline_arch": "mobilenet_v2"}
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-    return path
-
-
-def test_offline_plan_for_a_notebook_that_supports_mobilenet(tmp_path, monkeypatch):
-    source = _training_like_notebook(tmp_path / "03_train.ipynb")
-    weights_dir = tmp_path / "weights"
-    weights_dir.mkdir()
-    monkeypatch.setenv("TLCOURSE_WEIGHTS_DIR", str(weights_dir))
-    # no local backbone: random init, in smoke mode (only declared parameters are passed)
-    (job,) = plan([source], weights_available=False)
-    assert job.parameters == {"arch": "mobilenet_v2", "weights": None, "smoke": True, "epochs": 1}
-    # a local backbone: the real (non-smoke) run with it
-    (weights_dir / "mobilenet_v2_imagenet_backbone.pth").write_bytes(b"")
-    (job,) = plan([source], weights_available=False)
-    expected = str(weights_dir / "mobilenet_v2_imagenet_backbone.pth")
-    assert job.parameters == {"arch": "mobilenet_v2", "weights": expected}
-    assert job.weights == "mobilenet_v2 mobilenet_v2_imagenet_backbone.pth"
-    # ResNet-18 weights found in TLCOURSE_WEIGHTS_DIR: passed as a file; explicit -p weights wins
-    (job,) = plan([source], default_weights=str(weights_dir / "resnet18-f37072fd.pth"))
-    assert job.parameters == {"weights": str(weights_dir / "resnet18-f37072fd.pth")}
-    (job,) = plan([source], weights_available=False, overrides={"weights": "IMAGENET1K_V1", "lr": 0.01})
-    assert job.parameters == {"weights": "IMAGENET1K_V1", "lr": 0.01} and job.weights == "resnet18 IMAGENET1K_V1"
-
-
 @pytest.mark.slow
 def test_feature_extraction_notebook_full_size_with_pretrained_mobilenet(hymenoptera_dir, mobilenet_weights,
                                                                          tmp_path, monkeypatch):
@@ -173,4 +240,4 @@ def test_feature_extraction_notebook_full_size_with_pretrained_mobilenet(hymenop
     best = float(re.search(r"best val_acc (\d\.\d+)", result.key_result).group(1))
     print(result.key_result)
     assert best >= 0.92, result.key_result
-    assert "pretrained" in result.key_result
+    assert "mobilenet_v2 mobilenet_v2_imagenet_backbone.pth" in result.key_result

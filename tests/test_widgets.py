@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tlcourse.models import build_model
-from tlcourse.widgets import FreezePanel
+from tlcourse.widgets import COUNT_CLASS, HINT, PANEL_CLASS, STATIC_NOTE, FreezePanel
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_preset_updates_checkboxes_model_and_report(model):
     panel.preset.value = "all"
     assert all(box.value for box in panel.checkboxes.values())
     assert all(p.requires_grad for p in model.parameters())
-    assert panel.report.trainable == 11_177_538 and "11,177,538" in panel.table.value
+    assert panel.report.trainable == 11_177_538 and "11,177,538" in panel.count.value
 
 
 def test_checkbox_changes_freezing_and_clears_or_finds_preset(model):
@@ -70,4 +70,20 @@ def test_panel_renders_headless(model):
     assert "preset='head'" in text and "trainable 1,026" in text
     bundle = panel._repr_mimebundle_()  # the live widget for Jupyter plus a text fallback
     assert "application/vnd.jupyter.widget-view+json" in bundle
-    assert bundle["text/plain"] == text
+    # the fallback is what JupyterLab shows without the widgets extension: it says why it is static
+    assert bundle["text/plain"] == f"{text}\n{STATIC_NOTE}" and "doctor" in STATIC_NOTE
+
+
+def test_panel_says_what_to_click_and_shows_the_count_once(model):
+    panel = FreezePanel(model, preset="head")
+    summary = panel.report.summary_line()
+    assert summary in panel.count.value and summary not in panel.table.value
+    assert any(HINT in getattr(child, "value", "") for child in panel.widget.children)
+    assert PANEL_CLASS in panel.widget._dom_classes and COUNT_CLASS in panel.count._dom_classes
+
+
+def test_a_second_panel_on_another_model_leaves_the_first_alone(model):
+    shown = FreezePanel(model, preset="head")
+    demo = FreezePanel(build_model("resnet18", 2, weights=None), preset="head")
+    demo.preset.value = "all"
+    assert shown.selected() == ["fc"] and shown.preset.value == "head" and shown.report.trainable == 1026

@@ -8,9 +8,11 @@ run the same Python interpreter and the same ``tlcourse`` as the runner.
 A notebook publishes its key result by calling ``key_result("...")`` in a cell tagged
 ``key-result``; the runner reads that line back from the executed notebook.
 
-Offline, when the ResNet-18 ImageNet weights can't be obtained, the runner says so once and
-runs with ``weights=None`` (structure notebooks) or with the notebook's declared offline
-architecture (``metadata.tlcourse.offline_arch``) and its local weights file.
+Weights follow the course's one offline policy, ``tlcourse.offline.choose_weights``, the same
+function the notebooks call themselves: offline, the runner prints its notice once and plans
+random weights for structure notebooks, and a local pretrained backbone (MobileNetV2) for the
+notebooks marked ``metadata.tlcourse.needs_pretrained``. The dataset is fetched once before any
+notebook starts, so a missing dataset is one error, not one per notebook.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import re
 import sys
 import tempfile
 import time
-import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import TLCourseError
-from .settings import ENV_WEIGHTS_DIR, project_root, weights_dir
+from .settings import project_root
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 KERNEL_NAME = "python3"
@@ -43,6 +45,9 @@ SMOKE_PARAMETERS = {
 #: JupyterLab) can be made offline-safe and fast without papermill: see notebooks/README.md.
 ENV_WEIGHTS = "TLCOURSE_WEIGHTS"
 ENV_SMOKE = "TLCOURSE_SMOKE"
+#: Notebook metadata ``{"tlcourse": {"needs_pretrained": true}}``: the notebook trains or predicts, so
+#: offline it gets a local pretrained backbone rather than random weights (tlcourse.offline).
+NEEDS_PRETRAINED = "needs_pretrained"
 _MACHINE_PATH = re.compile(r"(/work/|/tmp/|/root/|/home/|/Users/|[A-Za-z]:\\\\)")
 
 
@@ -106,36 +111,32 @@ def kernel_command() -> list[str]:
     return cmd
 
 
-def resnet_weights_source(timeout: float = 3.0) -> str | None:
-    """Where ResNet-18's ImageNet weights would come from: cache, local folder, download, or None."""
-    from .models import weights_cache_path, weights_enum
+def ipc_kernel_manager():
+    """A kernel manager class whose kernels talk over local sockets instead of TCP (POSIX).
 
-    cache = weights_cache_path("resnet18")
-    if cache.is_file():
-        return "torch hub cache"
-    local = weights_dir()
-    if local is not None and (local / cache.name).is_file():
-        return ENV_WEIGHTS_DIR
-    url = weights_enum("resnet18", "DEFAULT").url
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
-            return "download"
-    except (OSError, ValueError):
+    ipykernel warns on every TCP start that the traffic is unencrypted; over IPC there is no
+    network traffic and no warning, and the socket files live in Jupyter's runtime folder.
+    Returns None where IPC is unavailable (Windows): papermill's default TCP manager is used.
+    """
+    if os.name == "nt":
         return None
+    from jupyter_client import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets import default
 
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self) -> str:
+            return "ipc"
 
-def offline_notice() -> str:
-    from .models import weights_cache_path
+        def _ip_default(self) -> str:  # socket files <ip>-<n>, removed when the kernel shuts down
+            folder = Path(jupyter_runtime_dir())
+            if len(str(folder)) > 60:  # a socket path must stay under ~100 characters
+                folder = Path(tempfile.gettempdir())
+            folder.mkdir(parents=True, exist_ok=True)
+            return str(folder / f"tlcourse-{os.getpid()}-{uuid.uuid4().hex[:8]}-ipc")
 
-    cache = weights_cache_path("resnet18")
-    return (
-        f"notice: ResNet-18 ImageNet weights ({cache.name}) are not in the torch hub cache "
-        f"({cache.parent}) nor in {ENV_WEIGHTS_DIR}, and download.pytorch.org is unreachable. "
-        "Running instead: structure notebooks with weights=None (structure and counts do not depend "
-        "on weights); training notebooks with their offline arch (mobilenet_v2) and a local backbone "
-        f"from {ENV_WEIGHTS_DIR}, or weights=None in smoke mode. For the real course: run once online, "
-        f"or copy {cache.name} into {cache.parent} or {ENV_WEIGHTS_DIR}."
-    )
+    return IPCKernelManager
 
 
 # --------------------------------------------------------------------------- planning
@@ -145,53 +146,75 @@ class Job:
     path: Path
     parameters: dict
     weights: str  # what the summary says about the weights used
+    notice: str | None = None  # the offline notice of tlcourse.offline.choose_weights, if it fell back
 
 
-def _weights_label(declared: dict[str, str], params: dict) -> str:
-    if "weights" not in declared:
-        return "-"
-    arch = params.get("arch", parse_value(declared.get("arch", "''")) or "")
-    value = params.get("weights", "default")
-    if value is None or str(value).lower() == "none":
-        value = "none (random init)"
-    elif isinstance(value, str) and os.sep in value:
-        value = Path(value).name
-    return f"{arch} {value}".strip()
+def needs_pretrained(path: Path) -> bool:
+    """``metadata.tlcourse.needs_pretrained`` of a notebook: it trains or predicts (see notebooks/README.md)."""
+    import nbformat
+
+    return bool(nbformat.read(path, as_version=4).metadata.get("tlcourse", {}).get(NEEDS_PRETRAINED))
 
 
 def plan(paths: list[Path], *, smoke: bool = False, overrides: dict | None = None,
-         weights_available: bool = True, default_weights: str = "DEFAULT") -> list[Job]:
+         choose_weights: bool = True) -> list[Job]:
     """The parameters each notebook receives (filtered to what its parameters cell declares).
 
-    ``default_weights``: ``"DEFAULT"`` (torchvision's download/cache), or the path of the
-    ResNet-18 file found in ``TLCOURSE_WEIGHTS_DIR``.
+    Weights follow the notebooks' own policy, ``tlcourse.offline.choose_weights`` (asked without
+    printing; ``Job.notice`` holds its notice): the requested weights (``"DEFAULT"`` unless
+    ``-p weights``; ``None`` in smoke mode) when they can be had, else random weights for a
+    structure notebook, or another pretrained backbone (e.g. ``arch="mobilenet_v2"``) for a
+    notebook whose metadata says ``needs_pretrained``. ``choose_weights=False`` passes them unresolved.
     """
-    import nbformat
-
-    from .models import find_local_weights
+    from .offline import choose_weights as choose
+    from .offline import weights_label
 
     overrides = dict(overrides or {})
     jobs = []
     for path in paths:
         declared = declared_parameters(path)
-        params: dict = {"weights": default_weights}  # the course's default: the real pretrained ResNet-18
+        params: dict = {"weights": "DEFAULT"}  # the course's default: torchvision's pretrained weights
         if smoke:
             params.update(SMOKE_PARAMETERS)
-        if not weights_available and params["weights"] is not None and "weights" not in overrides:
-            meta = nbformat.read(path, as_version=4).metadata.get("tlcourse", {})
-            offline_arch = meta.get("offline_arch")
-            if offline_arch and "arch" in declared:
-                local = find_local_weights(offline_arch)
-                params["arch"] = offline_arch
-                params["weights"] = str(local) if local else None
-                if local is None:
-                    params.update(SMOKE_PARAMETERS)
-            else:
-                params["weights"] = None
         params.update(overrides)
+        notice, label = None, "-"
+        if "weights" in declared:
+            arch = params.get("arch", parse_value(declared.get("arch", "'resnet18'")))
+            if choose_weights:
+                choice = choose(arch, params["weights"], echo=None,
+                                pretrained_needed=not smoke and "arch" in declared and needs_pretrained(path))
+                params["weights"], notice, label = choice.weights, choice.notice, choice.label
+                if choice.arch != arch:
+                    params["arch"] = choice.arch
+            else:
+                label = weights_label(arch, params["weights"])
         params = {k: v for k, v in params.items() if k in declared}
-        jobs.append(Job(path, params, _weights_label(declared, params)))
+        jobs.append(Job(path, params, label, notice))
     return jobs
+
+
+def dataset_needed(paths: list[Path], overrides: dict | None = None) -> list[str]:
+    """Names of the notebooks that read the course dataset (they declare ``data_dir``, left at None)."""
+    overrides = overrides or {}
+    return [p.stem for p in paths
+            if "data_dir" in declared_parameters(p) and overrides.get("data_dir") is None]
+
+
+def ensure_dataset(paths: list[Path], overrides: dict | None = None) -> None:
+    """Fetch the course dataset once, before any notebook starts; one error naming the mirror variable."""
+    from .data import fetch
+    from .settings import ENV_DATA_MIRROR
+
+    names = dataset_needed(paths, overrides)
+    if not names:
+        return
+    try:
+        fetch(progress=False)
+    except TLCourseError as exc:
+        hint = "" if ENV_DATA_MIRROR in str(exc) else (
+            f"; set {ENV_DATA_MIRROR} to a local copy of hymenoptera_data.zip and run again")
+        raise TLCourseError(f"the course dataset is not available, so no notebook was run "
+                            f"({', '.join(names)} need it): {exc}{hint}") from exc
 
 
 # --------------------------------------------------------------------------- running
@@ -268,7 +291,7 @@ def run_notebook(job: Job, output_dir: Path, *, cwd: Path | None = None, timeout
         with _kernel_env():
             pm.execute_notebook(str(job.path), str(out), parameters=job.parameters, kernel_name=KERNEL_NAME,
                                 cwd=str(cwd or job.path.parent), progress_bar=False, log_output=False,
-                                execution_timeout=timeout)
+                                execution_timeout=timeout, **_engine_options())
     except Exception as exc:  # a failing cell, a dead kernel, a timeout: report and go on
         return Result(name, "FAILED", time.perf_counter() - start, job.weights, error=_failure_line(name, exc),
                       output=out, parameters=job.parameters)
@@ -305,28 +328,32 @@ def check_parameter_names(paths: list[Path], overrides: dict) -> None:
                             f"{', '.join(sorted(declared)) or 'none'}); check the spelling")
 
 
+def _engine_options() -> dict:
+    manager = ipc_kernel_manager()
+    return {"kernel_manager_class": manager} if manager else {}
+
+
 def run_course(*, folder: str | Path | None = None, output: str | Path | None = None, smoke: bool = False,
                overrides: dict | None = None, only: list[str] | None = None, check_weights: bool = True,
                timeout: int | None = None, echo=print) -> list[Result]:
-    """Execute the selected notebooks in order and print progress and a summary table."""
+    """Execute the selected notebooks in order and print progress and a summary table.
+
+    Raises ``TLCourseError`` before running anything when the kernel is wrong or the dataset
+    cannot be had. ``check_weights=False`` passes weights unresolved (see ``plan``).
+    """
     kernel_command()
     paths = find_notebooks(folder, only)
     output_dir = Path(output) if output else paths[0].parent / "executed"
     check_output_folder(output_dir, paths)
     check_parameter_names(paths, overrides or {})
-    available, default_weights = True, "DEFAULT"
-    needs_weights = not smoke and "weights" not in (overrides or {})
-    if check_weights and needs_weights:
-        source = resnet_weights_source()
-        available = source is not None
-        if not available:
-            echo(offline_notice())
-        elif source == ENV_WEIGHTS_DIR:
-            from .models import weights_cache_path
-
-            default_weights = str(weights_dir() / weights_cache_path("resnet18").name)
-    jobs = plan(paths, smoke=smoke, overrides=overrides, weights_available=available,
-                default_weights=default_weights)
+    ensure_dataset(paths, overrides)
+    jobs = plan(paths, smoke=smoke, overrides=overrides, choose_weights=check_weights)
+    notices: dict[str, list[str]] = {}
+    for job in jobs:
+        if job.notice:
+            notices.setdefault(job.notice, []).append(job.path.name[:2])
+    for notice, numbers in notices.items():  # each notice once, naming the notebooks it applies to
+        echo(f"{notice} [{'notebook' if len(numbers) == 1 else 'notebooks'} {', '.join(numbers)}]")
     results = []
     for i, job in enumerate(jobs, 1):
         prefix = f"[{i}/{len(jobs)}] {job.path.stem} ..."
@@ -390,7 +417,7 @@ def refresh_outputs(paths: list[Path], *, echo=print) -> None:
             for path in paths:
                 out = Path(tmp) / path.name
                 pm.execute_notebook(str(path), str(out), kernel_name=KERNEL_NAME, cwd=str(path.parent),
-                                    progress_bar=False)
+                                    progress_bar=False, **_engine_options())
                 nb = clean_notebook(nbformat.read(out, as_version=4))
                 nbformat.write(nb, path)
                 echo(f"refreshed {path.name}")

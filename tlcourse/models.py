@@ -17,10 +17,11 @@ from torchvision import models as tvm
 from . import TLCourseError
 from .archs import ARCHS, get_spec
 from .heads import replace_head
+from .offline import is_random, is_weights_file
 from .settings import weights_dir
 
 __all__ = ["ARCHS", "build_model", "check_arch", "count_parameters", "find_local_weights", "load_backbone_weights",
-           "replace_head", "weights_cache_path", "weights_enum"]
+           "local_weights_file", "replace_head", "weights_cache_path", "weights_enum"]
 
 
 def check_arch(arch: str) -> str:
@@ -93,13 +94,31 @@ def load_backbone_weights(model: nn.Module, path: str | Path, arch: str) -> list
     return missing
 
 
+def local_weights_file(arch: str, name: str = "DEFAULT") -> Path | None:
+    """The file in ``TLCOURSE_WEIGHTS_DIR`` that stands for torchvision's ``arch`` weights ``name``.
+
+    torchvision's own file name first (``resnet18-f37072fd.pth``); for ``DEFAULT`` also any
+    backbone named after the arch (``mobilenet_v2_imagenet_backbone.pth``), so an offline
+    classroom's folder works without renaming files.
+    """
+    folder = weights_dir()
+    if folder is None or not folder.is_dir():
+        return None
+    exact = folder / os.path.basename(weights_enum(arch, name).url)
+    if exact.is_file():
+        return exact
+    return find_local_weights(arch) if name == "DEFAULT" else None
+
+
 def _load_named_weights(arch: str, name: str) -> nn.Module:
     member = weights_enum(arch, name)
     filename = os.path.basename(member.url)
-    local_dir = weights_dir()
-    if local_dir is not None and (local_dir / filename).is_file():
+    local = local_weights_file(arch, name)
+    # torchvision's exact file in TLCOURSE_WEIGHTS_DIR, else the hub cache, else a backbone for
+    # the arch in TLCOURSE_WEIGHTS_DIR, else a download.
+    if local is not None and (local.name == filename or not weights_cache_path(arch, name).is_file()):
         model = tvm.get_model(arch, weights=None)
-        load_backbone_weights(model, local_dir / filename, arch)
+        load_backbone_weights(model, local, arch)
         return model
     try:
         return tvm.get_model(arch, weights=member)
@@ -124,13 +143,15 @@ def build_model(
     """A torchvision ``arch`` with pretrained ``weights`` and a fresh ``head``.
 
     ``weights``: a torchvision weights name (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...), ``None``
-    for random init, or a path to a local state_dict (offline classrooms).
+    for random init, or a path to a local state_dict (offline classrooms). A name is looked up in
+    ``TLCOURSE_WEIGHTS_DIR`` first (torchvision's file name, or for ``DEFAULT`` any backbone named
+    after the arch), then the torch hub cache, then downloaded.
     """
     check_arch(arch)
-    if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "")):
+    if is_random(weights):
         model = tvm.get_model(arch, weights=None)
         source = None
-    elif isinstance(weights, Path) or "/" in str(weights) or str(weights).endswith((".pth", ".pt")):
+    elif is_weights_file(weights):
         model = tvm.get_model(arch, weights=None)
         load_backbone_weights(model, Path(weights).expanduser(), arch)
         source = str(weights)
@@ -159,5 +180,6 @@ def find_local_weights(arch: str) -> Path | None:
     if folder is None or not folder.is_dir():
         return None
     matches = sorted(p for p in folder.iterdir()
-                     if p.is_file() and p.name.startswith(arch) and p.suffix in (".pth", ".pt"))
+                     if p.is_file() and p.suffix in (".pth", ".pt")
+                     and (p.stem == arch or (p.name.startswith(arch) and p.name[len(arch)] in "-_.")))
     return matches[0] if matches else None

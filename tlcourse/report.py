@@ -80,6 +80,10 @@ class TrainableReport:
         return self.to_text()
 
     def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def to_html(self, summary: bool = True) -> str:
+        """The table as coloured HTML, followed by the summary line unless ``summary=False``."""
         def row(cells, status):
             colour = {"Trainable": "#d7f5d7", "Frozen": "#eeeeee", "Partial": "#fff3c4"}[status]
             tds = "".join(f"<td style='text-align:{a}'>{html.escape(str(c))}</td>" for c, a in cells)
@@ -94,8 +98,8 @@ class TrainableReport:
             body = [row([(b.name, "left"), (f"{b.params:,}", "right"), (f"{b.trainable:,}", "right"),
                          (b.status, "left")], b.status) for b in self.blocks]
         ths = "".join(f"<th>{h}</th>" for h in head)
-        return (f"<table><thead><tr>{ths}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-                f"<p><b>{html.escape(self.summary_line())}</b></p>")
+        table = f"<table><thead><tr>{ths}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        return table + (f"<p><b>{html.escape(self.summary_line())}</b></p>" if summary else "")
 
 
 def trainable_report(model: nn.Module, detailed: bool = False) -> TrainableReport:
