@@ -25,6 +25,8 @@ SCHEDULERS = ("none", "step", "cosine")
 FAST_MODES = ("auto", "off", "features", "layer3", "decode")
 FAST_DTYPES = ("float16", "float32")
 PROGRESS = ("auto", "bar", "epoch", "none")
+#: Cached views per training image with augmentation (see ``fast_views``), chosen from measurements: README.
+DEFAULT_VIEWS = 4
 
 #: Largest square image side accepted: 1024 px already needs ~20x the memory of 224 px.
 MAX_IMAGE_SIZE = 1024
@@ -116,12 +118,21 @@ class TrainConfig:
     step_size: int = option(7, "epochs between StepLR decays (--scheduler step)", "optimizer", low=1, high=10_000)
     gamma: float = option(0.1, "StepLR decay factor (--scheduler step)", "optimizer", low=0, low_open=True,
                           high=1)
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss", "optimizer", low=0, high=1,
+                                    high_open=True)
     # --- speed
     fast: str = option("auto", "training path: auto picks a cached path when the frozen part allows it",
                        "speed", choices=FAST_MODES)
-    fast_views: int = option(0, "with augmentation: cache K augmented views per image (0: none)", "speed",
-                             low=0, high=64)
+    fast_views: int = option(DEFAULT_VIEWS, "with augmentation: cache K views per training image, the un-augmented "
+                             "one and K-1 augmented ones; epoch e trains on view (e-1) mod K (0: the plain loop)",
+                             "speed", low=0, high=64)
     fast_dtype: str = option("float16", "dtype of cached last-stage inputs", "speed", choices=FAST_DTYPES)
+    cache: bool = option(True, "keep what the frozen layers compute on disk and reuse it in later runs "
+                         "(--no-cache: compute it in memory for this run only)", "speed")
+    cache_dir: str | None = option(None, "feature cache folder; None: $TLCOURSE_CACHE_DIR, else data/cache",
+                                   "speed", kind=str, optional=True, check=_check_text)
+    cache_workers: int | None = option(None, "DataLoader workers of the one-time caching pass; None: one per "
+                                       "CPU core, at most 4", "speed", kind=int, optional=True, low=0, high=64)
     device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps", "speed",
                          check=_check_device)
     amp: bool = option(False, "mixed precision (autocast; for GPUs)", "speed")
@@ -137,6 +148,8 @@ class TrainConfig:
                                     optional=True, check=_check_text)
     progress: str = option("auto", "auto, bar (progress bars), epoch (one line per epoch) or none", "run",
                            choices=PROGRESS)
+    probe: bool = option(True, "fit a linear-probe baseline (logistic regression on the frozen pooled features) "
+                         "and print it beside head-only and last_stage results", "run")
 
     def validate(self) -> TrainConfig:
         """Check every field against its declaration; a ``TLCourseError`` names the first bad one."""

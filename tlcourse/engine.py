@@ -30,6 +30,7 @@ from .config import TrainConfig
 from .data import Loaders, make_loaders
 from .device import restore_rng_state, seed_everything, select_device
 from .fast import prepare as prepare_fast_path
+from .feature_cache import FeatureCache
 from .files import write_json
 from .freeze import apply_freeze
 from .heads import compute_loss, loss_for_head, loss_for_model, predictions
@@ -37,6 +38,7 @@ from .history import best_from_history, format_epoch, write_history
 from .loops import evaluate, fit, train_one_epoch
 from .models import build_model
 from .optim import make_optimizer, make_scheduler
+from .probe import ProbeResult, linear_probe
 
 # What notebooks and learners import from here: the run, and the pieces they look at.
 __all__ = ["RunResult", "TrainConfig", "best_from_history", "compute_loss", "evaluate", "fit", "format_epoch",
@@ -54,6 +56,7 @@ class RunResult:
     route: str = "plain"                  # which training route ran, in words (printable)
     fast_path: str = "plain"              # its short name: plain | features | layer3 | views | decode
     cache_seconds: float = 0.0            # one-time work of a fast route (decoding, backbone pass)
+    probe: ProbeResult | None = None      # the linear-probe baseline (head-only and last_stage runs)
 
     @property
     def best_acc_path(self) -> Path:
@@ -73,9 +76,20 @@ class RunResult:
         return self.cache_seconds + sum(row["seconds"] for row in self.history)
 
     def summary(self) -> str:
-        return (f"best val_acc {self.best['acc']:.4f} at epoch {self.best['acc_epoch']}, "
+        probe = f" (linear probe {self.probe.val_acc:.4f})" if self.probe else ""
+        return (f"best val_acc {self.best['acc']:.4f} at epoch {self.best['acc_epoch']}{probe}, "
                 f"best val_loss {self.best['loss']:.4f} at epoch {self.best['loss_epoch']}, "
                 f"last val_acc {self.history[-1]['val_acc']:.4f}; {self.seconds:.1f}s; run folder {self.run_dir}")
+
+    def versus_probe(self) -> str:
+        """One line: this run's best accuracy against the linear-probe baseline."""
+        if self.probe is None:
+            return ""
+        gap = self.best["acc"] - self.probe.val_acc
+        verdict = ("at or above the baseline" if gap >= 0 else
+                   "below the baseline: train longer, change lr, or check the data")
+        return (f"best val_acc {self.best['acc']:.4f} vs linear probe {self.probe.val_acc:.4f} "
+                f"({gap:+.4f}): {verdict}")
 
 
 def _new_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
@@ -111,9 +125,18 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         model = _new_model(cfg, len(loaders.class_names))
         freeze = cfg.freeze
     model.to(device)
-    # Which route runs (plain loop, cached features/activations, decoded images) and its caches.
-    fast = prepare_fast_path(model, loaders, cfg, device,
-                             log=(lambda line: None) if cfg.progress == "none" else print)
+    log = (lambda line: None) if cfg.progress == "none" else print
+    # Which route runs (plain loop, cached features/activations, decoded images) and its caches;
+    # for a new head-only or last_stage run also the frozen features of the linear-probe baseline.
+    want_probe = cfg.probe and freeze in ("head", "last_stage") and checkpoint is None
+    fast = prepare_fast_path(model, loaders, cfg, device, log=log, probe=want_probe,
+                             cache=FeatureCache(cfg.cache_dir, enabled=cfg.cache))
+    probe = None
+    if fast.probe_data is not None:
+        probe = linear_probe(*fast.probe_data, num_classes=len(loaders.class_names), seed=cfg.seed)
+        log(probe.line())
+    elif checkpoint is not None and checkpoint["config"].get("probe_result"):
+        probe = ProbeResult.from_dict(checkpoint["config"]["probe_result"])   # measured when the run started
     forward_model = fast.forward_model
     if cfg.compile:
         forward_model = torch.compile(forward_model or model)
@@ -133,14 +156,19 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     else:
         run_dir = new_run_dir(cfg.run_name or f"{cfg.arch}_{cfg.freeze}", cfg.output_dir)
         write_json(cfg.to_dict() | {"class_names": loaders.class_names, "fast_path": fast.name,
-                                    "fast_path_description": fast.description}, run_dir / ARGS_JSON)
+                                    "fast_path_description": fast.description,
+                                    "probe_result": probe.as_dict() if probe else None}, run_dir / ARGS_JSON)
         start_epoch, history = 0, []
 
     saver = CheckpointSaver(run_dir, class_names=loaders.class_names, freeze=freeze, image_size=cfg.image_size,
-                            config=cfg.to_dict() | {"fast_path": fast.name})
+                            config=cfg.to_dict() | {"fast_path": fast.name,
+                                                    "probe_result": probe.as_dict() if probe else None})
     saver.saved_epoch = start_epoch or None
     history = fit(model, fast.train_loader, fast.val_loader, optimizer, cfg, scheduler=scheduler, saver=saver,
                   forward_model=forward_model, start_epoch=start_epoch, history=history,
                   generator=loaders.train.generator, row_extra={"path": fast.name})
-    return RunResult(model, history, run_dir, loaders.class_names, best_from_history(history), cfg,
-                     route=fast.description, fast_path=fast.name, cache_seconds=fast.seconds)
+    result = RunResult(model, history, run_dir, loaders.class_names, best_from_history(history), cfg,
+                       route=fast.description, fast_path=fast.name, cache_seconds=fast.seconds, probe=probe)
+    if probe is not None:
+        log(result.versus_probe())
+    return result

@@ -39,11 +39,18 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """Load ``path`` fully into memory as RGB (the file is closed before returning)."""
+def open_rgb(path: str | Path, draft: int | None = None) -> Image.Image:
+    """Load ``path`` fully into memory as RGB (the file is closed before returning).
+
+    ``draft``: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (PIL's draft mode, done inside
+    libjpeg, several times faster for large photos) as long as both sides stay >= ``draft``
+    pixels; other formats ignore it. Callers pass the size their transform resizes to.
+    """
     with warnings.catch_warnings():
         # Handled above: "Palette images with Transparency expressed in bytes..."
         warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning)
         with Image.open(path) as img:
+            if draft:
+                img.draft(None, (draft, draft))
             img.load()
             return to_rgb(img)

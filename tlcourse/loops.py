@@ -147,7 +147,8 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, config: TrainConf
 
     From ``config`` it takes ``epochs``, ``device``, ``amp``, ``channels_last``, ``max_batches``
     and ``progress``. With a ``saver`` every epoch is checkpointed (see ``CheckpointSaver``).
-    ``loss_fn`` defaults to the loss that fits the model's head. ``forward_model`` (default:
+    ``loss_fn`` defaults to the loss that fits the model's head (with ``label_smoothing`` for
+    training; validation reports the unsmoothed loss). ``forward_model`` (default:
     ``model``) is what the batches are fed to; ``model`` is what gets saved: the fast path trains
     only the head on cached features but saves the whole network. ``generator`` is the training
     loader's shuffling generator, saved for an exact resume. ``row_extra`` is added to every
@@ -160,7 +161,8 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, config: TrainConf
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    loss_fn = loss_fn or loss_for_model(model)
+    val_loss_fn = loss_fn or loss_for_model(model)       # validation reports the plain loss, unsmoothed
+    loss_fn = loss_fn or loss_for_model(model, cfg.label_smoothing)
     history = list(history or [])
     show_bar = cfg.progress == "bar" or (cfg.progress == "auto" and _interactive())
     quiet = cfg.progress == "none"
@@ -176,7 +178,7 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, config: TrainConf
             set_epoch(train_loader, epoch)
             train_stats = train_one_epoch(forward_model, train_loader, optimizer, loss_fn, device, scaler=scaler,
                                           desc=f"epoch {epoch}/{epochs} train", **common)
-            val_stats = evaluate(forward_model, val_loader, loss_fn, device, desc=f"epoch {epoch}/{epochs} val",
+            val_stats = evaluate(forward_model, val_loader, val_loss_fn, device, desc=f"epoch {epoch}/{epochs} val",
                                  **common)
             if scheduler is not None:
                 scheduler.step()

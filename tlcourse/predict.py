@@ -21,7 +21,7 @@ from torch import nn
 
 from . import TLCourseError
 from .checkpoints import load_checkpoint, model_from_checkpoint
-from .data import eval_transforms
+from .data import draft_size, eval_transforms
 from .device import select_device
 from .heads import probabilities
 from .images import is_image_file, open_rgb
@@ -88,7 +88,7 @@ class Predictor:
 
     def _load(self, path: Path) -> torch.Tensor:
         try:
-            return self.transform(open_rgb(path))
+            return self.transform(open_rgb(path, draft_size(self.image_size)))  # as the training loaders
         except FileNotFoundError:
             raise TLCourseError(f"image {path} does not exist") from None
         except OSError as exc:

@@ -18,6 +18,7 @@ ENV_DATA_DIR = "TLCOURSE_DATA_DIR"
 ENV_DATA_MIRROR = "TLCOURSE_DATA_MIRROR"
 ENV_WEIGHTS_DIR = "TLCOURSE_WEIGHTS_DIR"
 ENV_CHECKPOINTS_DIR = "TLCOURSE_CHECKPOINTS_DIR"
+ENV_CACHE_DIR = "TLCOURSE_CACHE_DIR"
 
 
 def project_root() -> Path:
@@ -34,6 +35,11 @@ def data_root() -> Path:
 
 def checkpoints_root() -> Path:
     return Path(os.environ.get(ENV_CHECKPOINTS_DIR) or project_root() / "checkpoints")
+
+
+def cache_root() -> Path:
+    """Where the persistent feature cache lives (``TLCOURSE_CACHE_DIR``, else ``<data root>/cache``)."""
+    return Path(os.environ.get(ENV_CACHE_DIR) or data_root() / "cache")
 
 
 def data_mirror() -> str | None:
