@@ -103,7 +103,8 @@ def main(argv=None) -> int:
             cfg = base.replace(augment=augment, probe=False, **recipe)
             result = train(cfg, loaders=loaders[augment])
             rows.append({**recipe, "seed": seed, "best": result.best["acc"], "final": result.history[-1]["val_acc"],
-                         "probe": probe.val_acc, "seconds": result.seconds})
+                         "probe": probe.val_acc, "seconds": result.seconds,
+                         "curve": [r["val_acc"] for r in result.history]})
             print(f"  {recipe}: best {rows[-1]['best']:.4f} final {rows[-1]['final']:.4f} "
                   f"probe {rows[-1]['probe']:.4f}", flush=True)
     table = summarize(rows, grid, args)

@@ -25,8 +25,15 @@ SCHEDULERS = ("none", "step", "cosine")
 FAST_MODES = ("auto", "off", "features", "layer3", "decode")
 FAST_DTYPES = ("float16", "float32")
 PROGRESS = ("auto", "bar", "epoch", "none")
-#: Cached views per training image with augmentation (see ``fast_views``), chosen from measurements: README.
-DEFAULT_VIEWS = 4
+#: What ``epochs``, ``lr``, ``scheduler``, ``label_smoothing`` and ``fast_views`` left at None mean:
+#: the default recipe of each freeze preset, chosen from measurements on ants/bees and generated
+#: datasets (``benchmarks/recipes.py``; README, "Defaults"). A head on cached features trains in a
+#: fraction of a second per epoch, so it gets many epochs; ``all`` keeps the earlier defaults.
+PRESET_DEFAULTS = {
+    "head": {"epochs": 15, "lr": 3e-3, "scheduler": "cosine", "label_smoothing": 0.1, "fast_views": 1},
+    "last_stage": {"epochs": 5, "lr": 3e-4, "scheduler": "cosine", "label_smoothing": 0.1, "fast_views": 4},
+    "all": {"epochs": 5, "lr": 1e-3, "scheduler": "none", "label_smoothing": 0.0, "fast_views": 4},
+}
 
 #: Largest square image side accepted: 1024 px already needs ~20x the memory of 224 px.
 MAX_IMAGE_SIZE = 1024
@@ -106,26 +113,28 @@ class TrainConfig:
                          "model", choices=PRESETS)
     bn_eval: bool = option(True, "frozen BatchNorm keeps its pretrained running statistics", "model")
     # --- optimizer and schedule
-    epochs: int = option(5, "number of epochs", "optimizer", low=1, high=10_000)
-    lr: float = option(1e-3, "learning rate", "optimizer", low=0, low_open=True, high=10,
+    epochs: int | None = option(None, "number of epochs", "optimizer", kind=int, optional=True, low=1, high=10_000)
+    lr: float | None = option(None, "learning rate", "optimizer", kind=float, optional=True, low=0, low_open=True,
+                              high=10,
                        hint=" (typical: 1e-3 for a new head, 1e-4 for fine-tuning)")
     head_lr_mult: float = option(1.0, "learning-rate multiplier for the new head (e.g. 10)", "optimizer",
                                  low=0, low_open=True, high=10_000)
     weight_decay: float = option(0.0, "weight decay (L2 penalty)", "optimizer", low=0, high=1)
     optimizer: str = option("adam", "optimizer", "optimizer", choices=OPTIMIZERS)
     momentum: float = option(0.9, "SGD momentum", "optimizer", low=0, high=1, high_open=True)
-    scheduler: str = option("none", "learning-rate schedule", "optimizer", choices=SCHEDULERS)
+    scheduler: str | None = option(None, "learning-rate schedule", "optimizer", kind=str, optional=True,
+                                   choices=SCHEDULERS)
     step_size: int = option(7, "epochs between StepLR decays (--scheduler step)", "optimizer", low=1, high=10_000)
     gamma: float = option(0.1, "StepLR decay factor (--scheduler step)", "optimizer", low=0, low_open=True,
                           high=1)
-    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss", "optimizer", low=0, high=1,
-                                    high_open=True)
+    label_smoothing: float | None = option(None, "label smoothing of the training loss", "optimizer", kind=float,
+                                           optional=True, low=0, high=1, high_open=True)
     # --- speed
     fast: str = option("auto", "training path: auto picks a cached path when the frozen part allows it",
                        "speed", choices=FAST_MODES)
-    fast_views: int = option(DEFAULT_VIEWS, "with augmentation: cache K views per training image, the un-augmented "
-                             "one and K-1 augmented ones; epoch e trains on view (e-1) mod K (0: the plain loop)",
-                             "speed", low=0, high=64)
+    fast_views: int | None = option(None, "with augmentation: cache K views per training image, the "
+                                    "un-augmented one and K-1 augmented ones; epoch e trains on view (e-1) mod K "
+                                    "(0: the plain loop)", "speed", kind=int, optional=True, low=0, high=64)
     fast_dtype: str = option("float16", "dtype of cached last-stage inputs", "speed", choices=FAST_DTYPES)
     cache: bool = option(True, "keep what the frozen layers compute on disk and reuse it in later runs "
                          "(--no-cache: compute it in memory for this run only)", "speed")
@@ -150,6 +159,11 @@ class TrainConfig:
                            choices=PROGRESS)
     probe: bool = option(True, "fit a linear-probe baseline (logistic regression on the frozen pooled features) "
                          "and print it beside head-only and last_stage results", "run")
+
+    def resolved(self) -> TrainConfig:
+        """This config with the fields left at None taken from ``PRESET_DEFAULTS[freeze]``."""
+        missing = {k: v for k, v in PRESET_DEFAULTS[self.freeze].items() if getattr(self, k) is None}
+        return replace(self, **missing) if missing else self
 
     def validate(self) -> TrainConfig:
         """Check every field against its declaration; a ``TLCourseError`` names the first bad one."""
@@ -287,6 +301,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
+        if default is None and f.name in PRESET_DEFAULTS["head"]:
+            default = ", ".join(f"{preset} {values[f.name]}" for preset, values in PRESET_DEFAULTS.items())
         help_text = f"{meta['help']} (default: {default})"
         group = groups[meta["group"]]
         if meta["kind"] is bool:

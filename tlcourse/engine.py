@@ -108,7 +108,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     checkpoint = load_checkpoint(resume) if resume is not None else None
     if config is None:
         config = TrainConfig.from_dict(checkpoint["config"]) if checkpoint else TrainConfig()
-    cfg = config.replace(**overrides).validate()
+    cfg = config.replace(**overrides).validate().resolved()   # None fields: the freeze preset's recipe
     device = select_device(cfg.device)
     seed_everything(cfg.seed)
     loaders = loaders or make_loaders(cfg.data_dir, image_size=cfg.image_size, batch_size=cfg.batch_size,

@@ -429,6 +429,7 @@ def _mb(n: int) -> str:
 
 def choose_path(model: nn.Module, cfg: TrainConfig, train_dataset: Dataset) -> tuple[str, str | None, str]:
     """(path, cut point or None, reason) for a config; raises if a forced path is impossible."""
+    cfg = cfg.resolved()
     fast, freeze = cfg.fast, cfg.freeze
     augmented = cfg.augment or _is_random(getattr(_inner(train_dataset), "transform", None))
     if fast == "off":
@@ -613,6 +614,7 @@ def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
     ``probe``: also return the un-augmented pooled features (``FastSetup.probe_data``).
     """
     device = torch.device(device)
+    cfg = cfg.resolved()
     cache = cache if cache is not None else FeatureCache(cfg.cache_dir, enabled=cfg.cache)
     train_set, val_set = loaders.train.dataset, loaders.val.dataset
     name, point, reason = choose_path(model, cfg, train_set)
@@ -682,7 +684,10 @@ def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
                     "images/s)")
     if counts["read"]:
         done.append(f"{counts['read']} entr{'y' if counts['read'] == 1 else 'ies'} read from the feature cache")
-    if name == "views":
+    if name == "views" and cfg.fast_views == 1:
+        description = (f"cached {what} of the un-augmented images (fast_views=1: no augmented views), "
+                       f"{len(train_y)} train + {len(val_y)} val images, {where}; {'; '.join(done)}; {seconds:.1f} s")
+    elif name == "views":
         description = (f"cached {what} of {cfg.fast_views} views per training image (the un-augmented one + "
                        f"{cfg.fast_views - 1} augmented; epoch e uses view (e-1) mod {cfg.fast_views}), "
                        f"{len(train_y)} train + {len(val_y)} val images, {where}; {'; '.join(done)}; "

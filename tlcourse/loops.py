@@ -154,7 +154,7 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, config: TrainConf
     loader's shuffling generator, saved for an exact resume. ``row_extra`` is added to every
     history row (``train`` records which route ran).
     """
-    cfg = config
+    cfg = config.resolved()
     epochs = cfg.epochs
     device = select_device(cfg.device)
     forward_model = forward_model or model

@@ -37,5 +37,6 @@ def run(args) -> int:
     print(f"{'size':>10}  {'created':<19}  what")
     for e in entries:
         print(f"{_mb(e.bytes):>10}  {e.created:<19}  {e.what}")
-    print("clear it with: python -m tlcourse cache clear" + (f" --cache-dir {args.cache_dir}" if args.cache_dir else ""))
+    where = f" --cache-dir {args.cache_dir}" if args.cache_dir else ""
+    print(f"clear it with: python -m tlcourse cache clear{where}")
     return 0
