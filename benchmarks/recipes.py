@@ -67,7 +67,7 @@ def probe_for(loaders, cfg: TrainConfig):
     """The linear probe of one seed (its folds are seeded), from the cached un-augmented features."""
     model = apply_freeze(build_model(cfg.arch, len(loaders.class_names), weights=cfg.weights), "head")
     data = frozen_features(model, loaders, cfg, "cpu")
-    return linear_probe(*data, num_classes=len(loaders.class_names), seed=cfg.seed)
+    return linear_probe(*data[:4], num_classes=len(loaders.class_names), seed=cfg.seed)
 
 
 def main(argv=None) -> int:

@@ -116,7 +116,7 @@ def test_a_second_run_reads_everything_from_the_cache_and_trains_the_same(tiny_d
     out = capsys.readouterr().out
     assert "pass(es)" not in out and "entries read from the feature cache" in out
     assert second.history == [r | {"seconds": s["seconds"]} for r, s in zip(first.history, second.history)]
-    assert second.probe == first.probe.__class__(**first.probe.as_dict() | {"seconds": second.probe.seconds})
+    assert second.probe == first.probe                          # read back with the features, not refitted
     # head-only on the same images finds the pooled features the last_stage run stored for the probe
     head = train(cfg.replace(freeze="head", fast_views=1))
     assert "pass(es)" not in capsys.readouterr().out and head.fast_path == "views"
@@ -178,8 +178,9 @@ def test_cache_command_lists_and_clears(tiny_data, tmp_path, one_thread):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     cmd = [sys.executable, "-m", "tlcourse", "cache", "--cache-dir", str(tmp_path / "cache")]
     listed = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    assert listed.returncode == 0 and "2 entries" in listed.stdout and "val view 0" in listed.stdout
+    assert listed.returncode == 0 and "3 entries" in listed.stdout and "val view 0" in listed.stdout
+    assert "linear probe" in listed.stdout                      # train and val features, and the probe
     cleared = subprocess.run(cmd[:4] + ["clear"] + cmd[4:], capture_output=True, text=True, env=env)
-    assert "removed 2 file(s)" in cleared.stdout
+    assert "removed 3 file(s)" in cleared.stdout
     assert "0 entries, 0.0 MB" in subprocess.run(cmd[:4] + ["size"] + cmd[4:], capture_output=True, text=True,
                                                  env=env).stdout

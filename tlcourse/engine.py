@@ -38,7 +38,7 @@ from .history import best_from_history, format_epoch, write_history
 from .loops import evaluate, fit, train_one_epoch
 from .models import build_model
 from .optim import make_optimizer, make_scheduler
-from .probe import ProbeResult, linear_probe
+from .probe import ProbeResult, baseline
 
 # What notebooks and learners import from here: the run, and the pieces they look at.
 __all__ = ["RunResult", "TrainConfig", "best_from_history", "compute_loss", "evaluate", "fit", "format_epoch",
@@ -129,11 +129,11 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     # Which route runs (plain loop, cached features/activations, decoded images) and its caches;
     # for a new head-only or last_stage run also the frozen features of the linear-probe baseline.
     want_probe = cfg.probe and freeze in ("head", "last_stage") and checkpoint is None
-    fast = prepare_fast_path(model, loaders, cfg, device, log=log, probe=want_probe,
-                             cache=FeatureCache(cfg.cache_dir, enabled=cfg.cache))
+    cache = FeatureCache(cfg.cache_dir, enabled=cfg.cache)
+    fast = prepare_fast_path(model, loaders, cfg, device, log=log, probe=want_probe, cache=cache)
     probe = None
     if fast.probe_data is not None:
-        probe = linear_probe(*fast.probe_data, num_classes=len(loaders.class_names), seed=cfg.seed)
+        probe = baseline(fast.probe_data, num_classes=len(loaders.class_names), seed=cfg.seed, cache=cache)
         log(probe.line())
     elif checkpoint is not None and checkpoint["config"].get("probe_result"):
         probe = ProbeResult.from_dict(checkpoint["config"]["probe_result"])   # measured when the run started

@@ -394,8 +394,8 @@ class FastSetup:
     forward_model: nn.Module | None = None
     cache_bytes: int = 0
     seconds: float = 0.0
-    #: (train features, train targets, val features, val targets): the un-augmented pooled
-    #: features of the frozen backbone, for the linear-probe baseline (None: not asked for).
+    #: (train features, train targets, val features, val targets, their cache keys or None): the
+    #: un-augmented pooled features of the frozen backbone, for the linear probe (None: not asked for).
     probe_data: tuple | None = None
     cache_line: str = ""                # what the feature cache did, in one line
 
@@ -576,7 +576,7 @@ def _run_jobs(jobs: list[_Job], model: nn.Module, cfg: TrainConfig, device: torc
             counts["passes"] += 1
             counts["images"] += len(job.dataset)
             counts["pass_seconds"] += time.perf_counter() - started
-        results[(job.split, job.view)] = (got, targets)
+        results[(job.split, job.view)] = (got, targets, keys)
     return results, counts
 
 
@@ -592,15 +592,16 @@ def frozen_features(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device
         return None
     jobs = _plan("views", "features", torch.float32, loaders, cfg.replace(fast_views=1), probe=True)
     results, _ = _run_jobs(jobs, model, cfg, device, cache, loaders.data_dir, stream=False)
-    (train, train_y), (val, val_y) = results[("train", 0)], results[("val", 0)]
-    return train["features"], train_y, val["features"], val_y
+    return _probe_data(results)
 
 
 def _probe_data(results: dict) -> tuple | None:
-    (train, train_y), (val, val_y) = results[("train", 0)], results[("val", 0)]
+    """(train features, train targets, val features, val targets, (train key, val key) or None)."""
+    (train, train_y, train_keys), (val, val_y, val_keys) = results[("train", 0)], results[("val", 0)]
     if "features" not in train or "features" not in val:
         return None
-    return train["features"], train_y, val["features"], val_y
+    keys = (train_keys["features"], val_keys["features"])
+    return train["features"], train_y, val["features"], val_y, (keys if None not in keys else None)
 
 
 # --------------------------------------------------------------------------- preparing a run
@@ -664,7 +665,7 @@ def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
             return plain(f"plain loop (caching {split.point} would take ~{_mb(estimate)} of memory, over the "
                          f"{_mb(AUTO_MEMORY_LIMIT)} limit of fast='auto', and the feature cache is off)")
     results, counts = _run_jobs(jobs, model, cfg, device, cache, loaders.data_dir, stream=stream)
-    (train_out, train_y), (val_out, val_y) = results[("train", 0)], results[("val", 0)]
+    (train_out, train_y, _), (val_out, val_y, _) = results[("train", 0)], results[("val", 0)]
     if name == "views":
         views = [results[("train", v)][0][point] for v in range(cfg.fast_views)]
         train_d: Dataset = CachedViews(views, train_y)

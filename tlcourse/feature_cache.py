@@ -46,6 +46,7 @@ __all__ = ["FORMAT", "MAGIC", "SUFFIX", "CacheEntry", "CacheFileError", "EntryWr
 MAGIC = b"TLCFEAT1"
 FORMAT = 1
 SUFFIX = ".tlcf"
+JSON_SUFFIX = ".json"       # small results computed from entries (the linear probe)
 TMP_PREFIX = ".tmp-"
 _TAIL = struct.Struct("<Q8s")          # header length, magic
 _DTYPES = ("float16", "float32", "bfloat16", "uint8")
@@ -303,6 +304,36 @@ class FeatureCache:
     def committed(self, path: Path) -> None:
         self.stored.append(path)
 
+    def load_json(self, key: dict) -> dict | None:
+        """A small JSON result stored under ``key`` (None on a miss or an unusable file)."""
+        if self.root is None:
+            return None
+        path = self.root / (key_name(key) + JSON_SUFFIX)
+        try:
+            stored = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            warn(f"feature cache: {path} is damaged; recomputing it")
+            return None
+        if not isinstance(stored, dict) or stored.get("key") != key or not isinstance(stored.get("value"), dict):
+            warn(f"feature cache: {path} belongs to another key; recomputing it")
+            return None
+        return stored["value"]
+
+    def store_json(self, key: dict, value: dict, what: str) -> None:
+        if not self.writable:
+            return
+        from .files import atomic_write
+
+        blob = json.dumps({"key": key, "value": value, "what": what,
+                           "created": datetime.now().isoformat(timespec="seconds")}, default=str).encode()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.root / (key_name(key) + JSON_SUFFIX), lambda fh: fh.write(blob))
+        except OSError as exc:
+            self.fail(exc)
+
     # ------------------------------------------------------------------ the folder
 
     def entries(self) -> list[CacheEntry]:
@@ -313,7 +344,7 @@ class FeatureCache:
         for path in self.root.iterdir():
             if not path.is_file():
                 continue
-            if path.name.startswith(TMP_PREFIX):
+            if path.name.startswith(TMP_PREFIX) or (path.name.startswith(".") and ".tmp-" in path.name):
                 found.append(CacheEntry(path, path.stat().st_size, None, "incomplete (an interrupted run)"))
             elif path.suffix == SUFFIX:
                 try:
@@ -321,6 +352,12 @@ class FeatureCache:
                     found.append(CacheEntry(path, path.stat().st_size, header))
                 except CacheFileError as exc:
                     found.append(CacheEntry(path, path.stat().st_size, None, f"unusable: {exc}"))
+            elif path.suffix == JSON_SUFFIX and len(path.stem) == 40:
+                try:
+                    stored = json.loads(path.read_text())
+                    found.append(CacheEntry(path, path.stat().st_size, {k: stored.get(k) for k in ("what", "created")}))
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                    found.append(CacheEntry(path, path.stat().st_size, None, "unusable: damaged JSON"))
         return sorted(found, key=lambda e: (e.created, e.path.name))
 
     def size(self) -> int:
