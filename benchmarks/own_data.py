@@ -36,33 +36,40 @@ ARCH = "mobilenet_v2"
 
 
 def throughput(data_dir: Path, weights: str, images: int, batch_size: int, cache_dir: Path) -> dict:
-    """images/s of the caching pass against forward-only on pre-decoded tensors (same images)."""
+    """images/s of the caching pass against forward-only on pre-decoded tensors (same images).
+
+    Forward-only runs before and after the pass and the two are averaged, so a change of machine
+    load during the measurement affects both sides alike.
+    """
     loaders = make_loaders(data_dir, augment=False, verify_images=False)
     model = apply_freeze(build_model(ARCH, len(loaders.class_names), weights=weights), "head")
     parts = parts_of(model)
     dataset = loaders.train.dataset
     samples = _folder_samples(dataset)[:images]
     views = SampleViews(samples, _inner(dataset).transform, draft=_draft(dataset))
-    cfg = TrainConfig(batch_size=batch_size)
-    workers = pass_workers(cfg, views)
-    # (b) the caching pass: decode (workers, draft mode), forward, write the cache file
-    cache = FeatureCache(cache_dir)
+    workers = pass_workers(TrainConfig(batch_size=batch_size), views)
+    batches = [torch.stack([views[i][0] for i in range(s, min(s + batch_size, len(views)))])
+               for s in range(0, len(views), batch_size)]          # decoded beforehand, not timed
+    prefix = torch.nn.Sequential(parts[0][1], parts[1][1]).eval()
+
+    @torch.no_grad()
+    def forward_only() -> float:
+        started = time.perf_counter()
+        for batch in batches:
+            prefix(batch)
+        return time.perf_counter() - started
+
+    with torch.no_grad():
+        prefix(batches[0][:2])                                     # warm-up
+    before = forward_only()
+    cache = FeatureCache(cache_dir)                                # the pass as train() runs it
     writer = cache.writer({"benchmark": "throughput", "images": len(samples)}, "throughput benchmark")
     sink = _Sink(len(samples), torch.float32, writer, cache, True)
     started = time.perf_counter()
     targets = run_pass(parts, views, {"features": sink}, batch_size=batch_size, num_workers=workers)
     sink.finish(targets, None)
     pass_seconds = time.perf_counter() - started
-    # (a) forward only: the same images, decoded beforehand (not timed)
-    batches = [torch.stack([views[i][0] for i in range(s, min(s + batch_size, len(views)))])
-               for s in range(0, len(views), batch_size)]
-    prefix = torch.nn.Sequential(parts[0][1], parts[1][1]).eval()
-    with torch.no_grad():
-        prefix(batches[0][:2])                          # warm-up, not timed
-        started = time.perf_counter()
-        for batch in batches:
-            prefix(batch)
-        forward_seconds = time.perf_counter() - started
+    forward_seconds = (before + forward_only()) / 2
     n = len(samples)
     return {"images": n, "workers": workers, "forward_images_per_s": round(n / forward_seconds, 1),
             "pass_images_per_s": round(n / pass_seconds, 1), "ratio": round(forward_seconds / pass_seconds, 3)}

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision import transforms
 
 from . import TLCourseError
@@ -221,54 +221,66 @@ class _Sink:
         return tensor
 
 
-def pass_workers(cfg: TrainConfig, dataset: Dataset) -> int:
-    """Loader workers of a caching pass: decoding runs beside the network (see ``cache_workers``)."""
+def pass_workers(cfg: TrainConfig, dataset: Dataset, images: int | None = None) -> int:
+    """Loader workers of a caching pass over ``images`` images: decoding runs beside the network."""
     if not isinstance(dataset, SampleViews):
         return cfg.num_workers            # any other dataset: the user's own choice
     if cfg.cache_workers is not None:
         return cfg.cache_workers
-    if len(dataset) < MIN_IMAGES_FOR_WORKERS:
+    if (images if images is not None else len(dataset)) < MIN_IMAGES_FOR_WORKERS:
         return 0                          # starting workers would cost more than it saves
     return min(4, os.cpu_count() or 1)
 
 
 @torch.no_grad()
-def run_pass(parts: list[tuple[str, nn.Module]], dataset: Dataset, sinks: dict[str, _Sink], *,
-             batch_size: int = 32, device="cpu", num_workers: int = 0, channels_last: bool = False,
-             keep_rng: bool = True) -> torch.Tensor:
-    """Run the frozen ``parts`` once over ``dataset`` in order, feeding each wanted output to its sink.
+def run_passes(parts: list[tuple[str, nn.Module]], work: list[tuple[Dataset, dict[str, _Sink]]], *,
+               batch_size: int = 32, device="cpu", num_workers: int = 0, channels_last: bool = False,
+               keep_rng: bool = True) -> list[torch.Tensor]:
+    """Run the frozen ``parts`` once over each ``(dataset, sinks)`` of ``work``, in order.
 
-    Returns the targets. Parts after the last wanted output are not run. With ``keep_rng`` the
-    global random state is left exactly as it was, so a seeded run that caches draws the same
-    random numbers afterwards as one that does not.
+    Each wanted output goes to its sink; parts after a dataset's last wanted output are not
+    run. One DataLoader serves every dataset, so its workers start once (on macOS and Windows
+    each start re-imports torch), and no batch mixes two datasets. Returns each dataset's
+    targets. With ``keep_rng`` the global random state is left exactly as it was, so a seeded
+    run that caches draws the same random numbers afterwards as one that does not.
     """
     device = torch.device(device)
-    last = max(i for i, (name, _) in enumerate(parts) if name in sinks)
-    parts = parts[:last + 1]
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        generator=torch.Generator().manual_seed(0))
-    modes = {m: m.training for _, part in parts for m in part.modules()}
-    targets, at = torch.empty(len(dataset), dtype=torch.long), 0
+    depth = [max(i for i, (name, _) in enumerate(parts) if name in sinks) for _, sinks in work]
+    batches, owner, offset = [], [], 0
+    for j, (dataset, _) in enumerate(work):
+        if len(dataset) == 0:
+            raise TLCourseError("the dataset to cache is empty; check the dataset folder")
+        for start in range(0, len(dataset), batch_size):
+            batches.append(list(range(offset + start, offset + min(start + batch_size, len(dataset)))))
+            owner.append((j, start))
+        offset += len(dataset)
+    loader = DataLoader(ConcatDataset([d for d, _ in work]), batch_sampler=batches, num_workers=num_workers)
+    used = parts[:max(depth) + 1]
+    modes = {m: m.training for _, part in used for m in part.modules()}
+    targets = [torch.empty(len(d), dtype=torch.long) for d, _ in work]
     try:
-        for _, part in parts:
+        for _, part in used:
             part.eval()
         with torch.random.fork_rng(devices=[]) if keep_rng else nullcontext():
-            for inputs, labels in loader:
+            for (j, at), (inputs, labels) in zip(owner, loader):
+                sinks = work[j][1]
                 x = inputs.to(device)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                for name, part in parts:
+                for name, part in parts[:depth[j] + 1]:
                     x = part(x)
                     if name in sinks:
                         sinks[name].add(at, x.to("cpu", sinks[name].dtype).contiguous())
-                targets[at:at + len(labels)] = torch.as_tensor(labels)
-                at += len(labels)
+                targets[j][at:at + len(labels)] = torch.as_tensor(labels)
     finally:
         for m, mode in modes.items():
             m.training = mode
-    if at == 0:
-        raise TLCourseError("the dataset to cache is empty; check the dataset folder")
     return targets
+
+
+def run_pass(parts: list[tuple[str, nn.Module]], dataset: Dataset, sinks: dict[str, _Sink], **options) -> torch.Tensor:
+    """:func:`run_passes` over one dataset; returns its targets."""
+    return run_passes(parts, [(dataset, sinks)], **options)[0]
 
 
 @torch.no_grad()
@@ -539,6 +551,7 @@ def _run_jobs(jobs: list[_Job], model: nn.Module, cfg: TrainConfig, device: torc
         fingerprints["layer3"] = fingerprint_module(parts[0][1])
         fingerprints["features"] = fingerprints["layer3"] + "+" + fingerprint_module(parts[1][1])
     results, counts = {}, {"passes": 0, "read": 0, "pass_seconds": 0.0, "images": 0}
+    todo = []                                   # (job, keys, sinks) still to compute
     for job in jobs:
         keys = {}
         for out, dt in job.outputs.items():
@@ -555,6 +568,7 @@ def _run_jobs(jobs: list[_Job], model: nn.Module, cfg: TrainConfig, device: torc
             if hit is not None:
                 got[out], targets = hit
                 counts["read"] += 1
+        results[(job.split, job.view)] = (got, targets, keys)
         missing = {out: dt for out, dt in job.outputs.items() if out not in got}
         if missing:
             sinks = {}
@@ -564,20 +578,35 @@ def _run_jobs(jobs: list[_Job], model: nn.Module, cfg: TrainConfig, device: torc
                         f"{job.view} ({kind}) | {len(job.dataset)} images | {data_dir}")
                 writer = cache.writer(keys[out], what) if keys[out] is not None else None
                 sinks[out] = _Sink(len(job.dataset), dt, writer, cache, in_memory=not (stream and writer))
-            started = time.perf_counter()
-            with torch.random.fork_rng(devices=[]):
-                if job.stream_seed is not None:
-                    torch.manual_seed(job.stream_seed)
-                targets = run_pass(parts, job.dataset, sinks, batch_size=cfg.batch_size, device=device,
-                                   num_workers=pass_workers(cfg, job.dataset), channels_last=cfg.channels_last,
-                                   keep_rng=False)
-            for out, sink in sinks.items():
-                got[out] = sink.finish(targets, keys[out])
-            counts["passes"] += 1
-            counts["images"] += len(job.dataset)
-            counts["pass_seconds"] += time.perf_counter() - started
-        results[(job.split, job.view)] = (got, targets, keys)
+            todo.append((job, keys, sinks))
+    if not todo:
+        return results, counts
+    started = time.perf_counter()
+    common = dict(batch_size=cfg.batch_size, device=device, channels_last=cfg.channels_last)
+    together = [t for t in todo if t[0].stream_seed is None]     # image folders: one loader for all
+    if together:
+        images = sum(len(job.dataset) for job, _, _ in together)
+        workers = pass_workers(cfg, together[0][0].dataset, images)
+        all_targets = run_passes(parts, [(job.dataset, sinks) for job, _, sinks in together],
+                                 num_workers=workers, **common)
+        for (job, keys, sinks), targets in zip(together, all_targets):
+            _finish(results, job, keys, sinks, targets)
+    for job, keys, sinks in (t for t in todo if t[0].stream_seed is not None):
+        with torch.random.fork_rng(devices=[]):                  # any other dataset: its own seeded stream
+            torch.manual_seed(job.stream_seed)
+            targets = run_pass(parts, job.dataset, sinks, num_workers=cfg.num_workers, keep_rng=False, **common)
+        _finish(results, job, keys, sinks, targets)
+    counts["passes"] = len(todo)
+    counts["images"] = sum(len(job.dataset) for job, _, _ in todo)
+    counts["pass_seconds"] = time.perf_counter() - started
     return results, counts
+
+
+def _finish(results: dict, job: _Job, keys: dict, sinks: dict, targets: torch.Tensor) -> None:
+    got = results[(job.split, job.view)][0]
+    for out, sink in sinks.items():
+        got[out] = sink.finish(targets, keys[out])
+    results[(job.split, job.view)] = (got, targets, keys)
 
 
 def frozen_features(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
