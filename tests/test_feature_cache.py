@@ -184,3 +184,14 @@ def test_cache_command_lists_and_clears(tiny_data, tmp_path, one_thread):
     assert "removed 3 file(s)" in cleared.stdout
     assert "0 entries, 0.0 MB" in subprocess.run(cmd[:4] + ["size"] + cmd[4:], capture_output=True, text=True,
                                                  env=env).stdout
+
+
+def test_no_cache_on_the_command_line(tiny_data, tmp_path, capsys, one_thread):
+    from tlcourse.cli import main
+
+    args = ["train", "--data-dir", str(tiny_data), "--weights", "none", "--epochs", "1", "--image-size", "32",
+            "--output-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(args + ["--no-cache"]) == 0
+    assert "feature cache off" in capsys.readouterr().out and not (tmp_path / "cache").exists()
+    assert main(args) == 0
+    assert "written" in capsys.readouterr().out and any((tmp_path / "cache").iterdir())
