@@ -149,7 +149,7 @@ def fast_path(arch: str, strategy: str, data_dir: Path, *, epochs: int, batch_si
     started = time.perf_counter()
     cfg = TrainConfig(data_dir=str(data_dir), arch=arch, freeze=strategy, augment=False, epochs=epochs,
                       batch_size=batch_size, lr=LR[strategy], image_size=image_size, seed=seed, device="cpu",
-                      progress="none").validate()
+                      progress="none", cache=False).validate()   # cold: no feature cache from earlier runs
     loaders = make_loaders(data_dir, image_size=image_size, batch_size=batch_size, seed=seed, augment=False,
                            subset=subset)
     model = apply_freeze(build(arch, len(loaders.class_names), seed), strategy)
@@ -222,11 +222,12 @@ def inference_benchmark(model: nn.Module, class_names: list[str], folder: Path, 
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cpu_count']} CPU cores, torch {m['torch']} with {m['threads']} thread(s), "
-             f"load average at start {m['load_average']}; command: `{report['command']}`", "",
-             "| model | trained | epochs | plain loop s | fast path s | speed-up | plain img/s | fast img/s "
-             "| plain best / final val acc | fast best / final val acc | plain peak RSS +MB | fast peak RSS +MB "
-             "| fast path |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"load average at start {m['load_average']}; command: `{report['command']}`"]
+    if report["rows"]:
+        lines += ["", "| model | trained | epochs | plain loop s | fast path s | speed-up | plain img/s | fast img/s "
+                  "| plain best / final val acc | fast best / final val acc | plain peak RSS +MB | fast peak RSS +MB "
+                  "| fast path |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         a, b = row["plain"], row["fast"]
         lines.append(f"| {row['arch']} | {row['strategy']} | {row['epochs']} | {a['seconds']:.1f} | {b['seconds']:.1f} "
@@ -234,16 +235,21 @@ def markdown(report: dict) -> str:
                      f"| {a['best_val_acc']:.3f} / {a['final_val_acc']:.3f} "
                      f"| {b['best_val_acc']:.3f} / {b['final_val_acc']:.3f} "
                      f"| {a['peak_rss_increase_mb']:.0f} | {b['peak_rss_increase_mb']:.0f} | {row['fast_path']} |")
-    lines.append("")
-    lines.append("Fast paths: " + "; ".join(f"{r['arch']} {r['strategy']}: {r['path']}" for r in report["runs"]))
+    if report["runs"]:
+        lines.append("")
+        lines.append("Fast paths: " + "; ".join(f"{r['arch']} {r['strategy']}: {r['path']}" for r in report["runs"]))
     inf = report.get("inference")
     if inf:
         lines += ["", f"Inference ({inf['arch']}, {inf['images']} val images): batched predict_folder "
                       f"{inf['batched_images_per_s']:.1f} img/s, "
                       f"one image at a time {inf['single_images_per_s']:.1f} img/s "
                       f"({inf['speedup']:.1f}x)"]
-    lines += ["", f"Peak RSS: {report['rss_method']}; '+MB' is the peak during that strategy minus the RSS "
-                  "before it (one process, so the numbers include allocator reuse)."]
+    if report["rows"]:
+        lines += ["", f"Peak RSS: {report['rss_method']}; '+MB' is the peak during that strategy minus the RSS "
+                      "before it (one process, so the numbers include allocator reuse)."]
+    from benchmarks.own_data import own_markdown
+
+    lines += own_markdown(report.get("own_data", {}))
     return "\n".join(lines)
 
 
@@ -268,7 +274,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subset", type=int, default=None, help="at most N images per split (smoke runs)")
     p.add_argument("--no-inference", action="store_true")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--quick", action="store_true", help="MobileNetV2 head-only, 2 epochs, 64 images per split")
+    p.add_argument("--quick", action="store_true", help="MobileNetV2 head-only, 2 epochs, 64 images per split; "
+                   "own data: 90 generated images, 2 epochs")
+    p.add_argument("--no-own-data", action="store_true", help="skip the own-data rows (benchmarks/own_data.py)")
+    p.add_argument("--own-dir", default=None, help="where the generated own-data ImageFolder goes "
+                   "(default: data/own_leaves)")
+    p.add_argument("--only-own-data", action="store_true", help="only the own-data rows")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -288,6 +299,8 @@ def run(args: argparse.Namespace) -> dict:
                           "load_average": [round(x, 1) for x in os.getloadavg()], "python": platform.python_version()},
               "rows": [], "runs": [], "rss_method": None}
     last_fast = None
+    if args.only_own_data:
+        args.models = []
     for arch in args.models:
         for strategy in args.strategies:
             counts = sorted(args.epochs if strategy == "head" else args.last_stage_epochs)
@@ -319,6 +332,10 @@ def run(args: argparse.Namespace) -> dict:
         arch, model, class_names = last_fast
         measured_inference = inference_benchmark(model, class_names, data_dir / "val", args.image_size)
         report["inference"] = {"arch": arch, **measured_inference}
+    if not args.no_own_data:
+        from benchmarks.own_data import run_own_data
+
+        report["own_data"] = run_own_data(args, args.quick)
     paths = _write(report, out, stamp)
     print(markdown(report))
     print(f"\nwrote {paths[0]} and {paths[1]}")

@@ -6,7 +6,10 @@ for; then one download is tried and the test is skipped with the reason if it fa
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,10 +19,16 @@ from PIL import Image
 from tlcourse import TLCourseError
 from tlcourse.data import fetch
 from tlcourse.models import find_local_weights
-from tlcourse.settings import ENV_DATA_MIRROR, ENV_WEIGHTS_DIR, data_root
+from tlcourse.settings import ENV_CACHE_DIR, ENV_DATA_MIRROR, ENV_WEIGHTS_DIR, data_root
 
 # Keep the two CPU cores for the test process itself; tests use num_workers=0.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# A feature cache of its own for every test session (inherited by notebook kernels), so no
+# test reads what an earlier session or a learner's run left in data/cache.
+_SESSION_CACHE = tempfile.mkdtemp(prefix="tlcourse-test-cache-")
+os.environ[ENV_CACHE_DIR] = _SESSION_CACHE
+atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 
 
 def make_image_folder(root: Path, classes=("ants", "bees"), per_class: dict | int = 6,

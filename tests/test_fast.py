@@ -10,7 +10,15 @@ from tlcourse.archs import ARCHS
 from tlcourse.checkpoints import load_checkpoint, model_from_checkpoint
 from tlcourse.data import make_loaders
 from tlcourse.engine import TrainConfig, evaluate, train
-from tlcourse.fast import CachedViews, DecodedImages, cache_bytes_estimate, compute_cache, prefix_problem, split_model
+from tlcourse.fast import (
+    CachedViews,
+    DecodedImages,
+    SampleViews,
+    cache_bytes_estimate,
+    compute_cache,
+    prefix_problem,
+    split_model,
+)
 from tlcourse.freeze import apply_freeze
 from tlcourse.models import build_model
 
@@ -116,14 +124,14 @@ def test_cache_memory_estimate_matches_the_real_cache(tiny_data_session, arch, p
 
 def test_auto_falls_back_to_the_plain_loop_when_caching_would_change_results(tiny_data_session, tmp_path,
                                                                              no_checkpoint_files):
-    augmented = train(_config(tiny_data_session, tmp_path, epochs=1, augment=True))
+    augmented = train(_config(tiny_data_session, tmp_path, epochs=1, augment=True, fast_views=0))
     assert augmented.fast_path == "plain" and "augmentation" in augmented.route
     moving_bn = train(_config(tiny_data_session, tmp_path, epochs=1, bn_eval=False))
     assert moving_bn.fast_path == "plain" and "bn_eval=False" in moving_bn.route
     with pytest.raises(TLCourseError, match="fast='features' cannot cache"):
         train(_config(tiny_data_session, tmp_path, epochs=1, bn_eval=False, fast="features"))
     with pytest.raises(TLCourseError, match="fast_views"):
-        train(_config(tiny_data_session, tmp_path, epochs=1, augment=True, fast="features"))
+        train(_config(tiny_data_session, tmp_path, epochs=1, augment=True, fast="features", fast_views=0))
 
 
 def test_prefix_problem_sees_trainable_or_moving_layers():
@@ -133,11 +141,31 @@ def test_prefix_problem_sees_trainable_or_moving_layers():
     assert "layer" in prefix_problem(split_model(model, "features").prefix)   # layer4 is trainable
 
 
+def test_augmentation_is_cached_as_views_by_default(tiny_data_session, tmp_path, no_checkpoint_files):
+    """Fast by default: augment=True (the default) trains head or last_stage on cached views."""
+    for freeze, what in (("head", "pooled features"), ("last_stage", "layer3 activations (fp16)")):
+        result = train(_config(tiny_data_session, tmp_path, epochs=1, augment=True, freeze=freeze))
+        assert result.fast_path == "views" and result.route.startswith(f"cached {what} of ")
+        views = TrainConfig(freeze=freeze).resolved().fast_views
+        assert (f"{views} views per training image" if views > 1 else "the un-augmented images") in result.route
+        assert result.probe is not None and 0 <= result.probe.val_acc <= 1
+    everything = train(_config(tiny_data_session, tmp_path, epochs=1, augment=True, freeze="all"))
+    assert everything.fast_path == "plain" and everything.probe is None
+
+
 def test_augmented_views_are_seeded_and_cycle(tiny_data_session, tmp_path, no_checkpoint_files):
-    cfg = _config(tiny_data_session, tmp_path, epochs=3, augment=True, fast_views=2)
+    cfg = _config(tiny_data_session, tmp_path, epochs=3, augment=True, fast_views=2, cache=False)
     first, second = train(cfg), train(cfg)
-    assert first.fast_path == "views" and "2 augmented views" in first.route
+    assert first.fast_path == "views" and "2 views per training image" in first.route
     assert _losses(first) == _losses(second)
+    # view 0 is the un-augmented image (what validation sees); view 1 is a seeded augmentation
+    loaders = make_loaders(tiny_data_session, image_size=SIZE, augment=True)
+    samples, train_tf = loaders.train.dataset.samples, loaders.train.dataset.transform
+    clean = SampleViews(samples, loaders.val.dataset.transform)
+    assert torch.equal(clean[0][0], make_loaders(tiny_data_session, image_size=SIZE, augment=False).train.dataset[0][0])
+    view1, again = SampleViews(samples, train_tf, seed=3, view=1), SampleViews(samples, train_tf, seed=3, view=1)
+    assert torch.equal(view1[5][0], again[5][0]) and not torch.equal(view1[5][0], view1[4][0])
+    assert not torch.equal(view1[5][0], SampleViews(samples, train_tf, seed=3, view=2)[5][0])
     views = CachedViews(torch.arange(6.0).view(2, 3), torch.zeros(3, dtype=torch.long))
     seen = []
     for epoch in (1, 2, 3):

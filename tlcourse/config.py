@@ -27,6 +27,15 @@ FAST_MODES = ("auto", "off", "features", "layer3", "decode")
 FAST_DTYPES = ("float16", "float32")
 PROGRESS = ("auto", "bar", "epoch", "none")
 BAD_IMAGE_POLICIES = ("error", "skip")
+#: What ``epochs``, ``lr``, ``scheduler``, ``label_smoothing`` and ``fast_views`` left at None mean:
+#: the default recipe of each freeze preset, chosen from measurements on ants/bees and generated
+#: datasets (``benchmarks/recipes.py``; README, "Defaults"). A head on cached features trains in a
+#: fraction of a second per epoch, so it gets many epochs; ``all`` keeps the earlier defaults.
+PRESET_DEFAULTS = {
+    "head": {"epochs": 15, "lr": 3e-3, "scheduler": "cosine", "label_smoothing": 0.1, "fast_views": 1},
+    "last_stage": {"epochs": 5, "lr": 3e-4, "scheduler": "cosine", "label_smoothing": 0.1, "fast_views": 4},
+    "all": {"epochs": 5, "lr": 1e-3, "scheduler": "none", "label_smoothing": 0.0, "fast_views": 4},
+}
 
 #: Largest square image side accepted: 1024 px already needs ~20x the memory of 224 px.
 MAX_IMAGE_SIZE = 1024
@@ -130,24 +139,35 @@ class TrainConfig:
     sync_bn: bool = option(False, "with several processes (torchrun): BatchNorm layers that train normalise over "
                            "the whole step's batch (SyncBatchNorm), not each process's share", "model")
     # --- optimizer and schedule
-    epochs: int = option(5, "number of epochs", "optimizer", low=1, high=10_000)
-    lr: float = option(1e-3, "learning rate", "optimizer", low=0, low_open=True, high=10,
+    epochs: int | None = option(None, "number of epochs", "optimizer", kind=int, optional=True, low=1, high=10_000)
+    lr: float | None = option(None, "learning rate", "optimizer", kind=float, optional=True, low=0, low_open=True,
+                              high=10,
                        hint=" (typical: 1e-3 for a new head, 1e-4 for fine-tuning)")
     head_lr_mult: float = option(1.0, "learning-rate multiplier for the new head (e.g. 10)", "optimizer",
                                  low=0, low_open=True, high=10_000)
     weight_decay: float = option(0.0, "weight decay (L2 penalty)", "optimizer", low=0, high=1)
     optimizer: str = option("adam", "optimizer", "optimizer", choices=OPTIMIZERS)
     momentum: float = option(0.9, "SGD momentum", "optimizer", low=0, high=1, high_open=True)
-    scheduler: str = option("none", "learning-rate schedule", "optimizer", choices=SCHEDULERS)
+    scheduler: str | None = option(None, "learning-rate schedule", "optimizer", kind=str, optional=True,
+                                   choices=SCHEDULERS)
     step_size: int = option(7, "epochs between StepLR decays (--scheduler step)", "optimizer", low=1, high=10_000)
     gamma: float = option(0.1, "StepLR decay factor (--scheduler step)", "optimizer", low=0, low_open=True,
                           high=1)
+    label_smoothing: float | None = option(None, "label smoothing of the training loss", "optimizer", kind=float,
+                                           optional=True, low=0, high=1, high_open=True)
     # --- speed
     fast: str = option("auto", "training path: auto picks a cached path when the frozen part allows it",
                        "speed", choices=FAST_MODES)
-    fast_views: int = option(0, "with augmentation: cache K augmented views per image (0: none)", "speed",
-                             low=0, high=64)
+    fast_views: int | None = option(None, "with augmentation: cache K views per training image, the "
+                                    "un-augmented one and K-1 augmented ones; epoch e trains on view (e-1) mod K "
+                                    "(0: the plain loop)", "speed", kind=int, optional=True, low=0, high=64)
     fast_dtype: str = option("float16", "dtype of cached last-stage inputs", "speed", choices=FAST_DTYPES)
+    cache: bool = option(True, "keep what the frozen layers compute on disk and reuse it in later runs "
+                         "(--no-cache: compute it in memory for this run only)", "speed")
+    cache_dir: str | None = option(None, "feature cache folder; None: $TLCOURSE_CACHE_DIR, else data/cache",
+                                   "speed", kind=str, optional=True, check=_check_text)
+    cache_workers: int | None = option(None, "DataLoader workers of the one-time caching pass; None: one per "
+                                       "CPU core, at most 4", "speed", kind=int, optional=True, low=0, high=64)
     device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps", "speed",
                          check=_check_device)
     amp: bool = option(False, "mixed precision (autocast; for GPUs)", "speed")
@@ -163,6 +183,13 @@ class TrainConfig:
                                     optional=True, check=_check_output_dir)
     progress: str = option("auto", "auto, bar (progress bars), epoch (one line per epoch) or none", "run",
                            choices=PROGRESS)
+    probe: bool = option(True, "fit a linear-probe baseline (logistic regression on the frozen pooled features) "
+                         "and print it beside head-only and last_stage results", "run")
+
+    def resolved(self) -> TrainConfig:
+        """This config with the fields left at None taken from ``PRESET_DEFAULTS[freeze]``."""
+        missing = {k: v for k, v in PRESET_DEFAULTS[self.freeze].items() if getattr(self, k) is None}
+        return replace(self, **missing) if missing else self
 
     def validate(self) -> TrainConfig:
         """Check every field against its declaration; a ``TLCourseError`` names the first bad one."""
@@ -300,6 +327,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
+        if default is None and f.name in PRESET_DEFAULTS["head"]:
+            default = ", ".join(f"{preset} {values[f.name]}" for preset, values in PRESET_DEFAULTS.items())
         help_text = f"{meta['help']} (default: {default})"
         group = groups[meta["group"]]
         if meta["kind"] is bool:

@@ -7,6 +7,7 @@ then moves the result into place and writes a completion marker.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -178,6 +179,15 @@ def augmentations(image_size: int = 224) -> list:
             transforms.RandomRotation(10)]
 
 
+def draft_size(image_size: int = 224, augment: bool = False) -> int:
+    """Smallest side a JPEG may be decoded at (``open_rgb(draft=...)``) without losing detail.
+
+    Evaluation resizes the short side to ``resize_size``; a random crop of half the area with
+    a 3:4 aspect ratio spans 0.61 of the short side, so augmentation keeps twice the crop side.
+    """
+    return 2 * image_size if augment else resize_size(image_size)
+
+
 def train_transforms(image_size: int = 224, augment: bool = True) -> Callable:
     """Augmentation for training (see :func:`augmentations`), then tensor and normalisation."""
     if not augment:
@@ -201,13 +211,13 @@ def eval_transforms(image_size: int = 224) -> Callable:
 
 # --------------------------------------------------------------------------- datasets
 
-def load_image(path: str) -> Image.Image:
+def load_image(path: str, draft: int | None = None) -> Image.Image:
     """``open_rgb`` for the DataLoader: a failure becomes a one-line error naming the file.
 
     Raised inside a worker process it still reaches the user as one line (see ``ImageLoadError``).
     """
     try:
-        return open_rgb(path)
+        return open_rgb(path, draft)
     except Exception as exc:
         raise ImageLoadError(f"{path}: {describe_load_error(path, exc)}") from exc
 
@@ -221,8 +231,10 @@ class ImageFolderRGB(datasets.ImageFolder):
     checker and training agree on every image, sub-folder and symbolic link.
     """
 
-    def __init__(self, root: str | Path, transform: Callable | None = None):
-        super().__init__(str(root), transform=transform, loader=load_image, is_valid_file=is_image_file)
+    def __init__(self, root: str | Path, transform: Callable | None = None, draft: int | None = None):
+        self.draft = draft  # JPEG draft-mode size (see open_rgb); part of the feature cache's key
+        super().__init__(str(root), transform=transform, loader=functools.partial(load_image, draft=draft),
+                         is_valid_file=is_image_file)
 
     @staticmethod
     def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
@@ -338,8 +350,9 @@ def make_loaders(
     else:
         check.raise_if_errors("; or pass bad_images='skip' (train --bad-images skip) to leave unreadable images out"
                               if check.bad_files else "")
-    train_set = ImageFolderRGB(root / "train", transform=train_transforms(image_size, augment))
-    val_set = ImageFolderRGB(root / "val", transform=eval_transforms(image_size))
+    train_set = ImageFolderRGB(root / "train", transform=train_transforms(image_size, augment),
+                               draft=draft_size(image_size, augment))
+    val_set = ImageFolderRGB(root / "val", transform=eval_transforms(image_size), draft=draft_size(image_size))
     skipped: list[Path] = []
     if check.bad_files:
         bad = {root / rel for rel in check.bad_files}

@@ -21,10 +21,10 @@ device. Every process runs the same ``tlcourse.engine.train``; this module holds
 * **Files**: only rank 0 creates the run folder and writes checkpoints and history (atomically, as
   in one process); the others wait and learn whether it worked (:class:`MainOnlySaver`). DDP wraps
   only the module that is fed batches, so checkpoints hold the plain model (no ``module.`` prefix).
-* **Caches** (``tlcourse.fast``): each rank runs the frozen prefix once over its share of the images
-  and the shares are all-gathered (:meth:`Group.compute_cache`), so every rank holds the whole
-  cache that its shuffled shards need. A persistent on-disk cache can take the place of
-  ``fast.compute_cache`` behind the same hook: written once by rank 0, read by all after a barrier.
+* **Caches** (``tlcourse.fast``): rank 0 runs the frozen prefix and writes the persistent feature
+  cache; the other ranks wait, then read it (:meth:`Group.main_first`), so every rank holds the
+  whole cache that its shuffled shards need. Decoded images (the ``decode`` route) are split: each
+  rank decodes its share and the shares are all-gathered (:meth:`Group.decode_images`).
 * **BatchNorm**: frozen BatchNorm (``bn_eval``) stays frozen. A BatchNorm layer that trains
   normalises each process's share of the batch, unless ``sync_bn``: then ``SyncBatchNorm`` on
   CUDA; on the CPU, where PyTorch's ``SyncBatchNorm`` is CUDA-only, :class:`CPUSyncBatchNorm` (the
@@ -52,7 +52,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from . import TLCourseError
@@ -422,27 +422,13 @@ class Group:
             raise TLCourseError(f"{count} {what} cannot be shared by {self.world} processes (each needs at least "
                                 "one); use fewer processes or more images")
 
-    def compute_cache(self, prefix: nn.Module, dataset: Dataset, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        """``fast.compute_cache`` split over the ranks: each runs the prefix once on its share, then all gather.
-
-        For augmented views (``keep_rng=False``) each rank first moves to its own random stream, so
-        the ranks do not draw the same crops for different images.
-        """
-        from .fast import compute_cache
-
-        total = len(dataset)
-        self._need(total, "images to cache")
-        if not kwargs.get("keep_rng", True):
-            seed_process(epoch_seed(int(torch.randint(0, 2**62, ())), 0, self.rank))
-        outputs, targets = compute_cache(prefix, Subset(dataset, range(self.rank, total, self.world)), **kwargs)
-        return self.gather_rows(outputs, total), self.gather_rows(targets, total)
-
-    def decode_images(self, samples: list[tuple[str, int]], image_size: int, augment: bool = False):
+    def decode_images(self, samples: list[tuple[str, int]], image_size: int, augment: bool = False,
+                      draft: int | None = None):
         """``fast.DecodedImages`` split over the ranks: each decodes its share once, then all gather."""
         from .fast import DecodedImages
 
         self._need(len(samples), "images to decode")
-        images = DecodedImages(samples[self.rank::self.world], image_size, augment=augment)
+        images = DecodedImages(samples[self.rank::self.world], image_size, augment=augment, draft=draft)
         images.images = self.gather_items(images.images, len(samples))
         images.paths = [Path(p) for p, _ in samples]
         images.targets = [t for _, t in samples]
@@ -450,7 +436,27 @@ class Group:
 
     def fast_hooks(self) -> dict:
         """What ``fast.prepare`` computes with: the sharded versions of its cache builders."""
-        return {"compute": self.compute_cache, "decode": self.decode_images}
+        return {"decode": self.decode_images}
+
+    def main_first(self, fn: Callable, what: str):
+        """Run ``fn`` on rank 0, then, once it has succeeded, on every other rank; each returns its own result.
+
+        For the cached routes: rank 0 computes the frozen outputs and writes them to the persistent
+        feature cache, the other ranks then read them from it instead of recomputing (with the cache
+        off each rank computes them itself: the same numbers, every augmentation is seeded per image).
+        If rank 0 fails, every rank raises.
+        """
+        if self.is_main:
+            try:
+                result = fn()
+            except BaseException:
+                self.agree(False)
+                raise
+            self.agree(True)
+            return result
+        if not self.agree(True):
+            raise TLCourseError(f"rank 0 could not {what}")
+        return fn()
 
     def prepare_model(self, model: nn.Module, sync_bn: bool) -> str:
         """Swap BatchNorm layers that train to synchronised ones if asked; say what happens to BatchNorm."""

@@ -202,7 +202,7 @@ def check_weights() -> Check:
 
 
 def check_disk() -> Check:
-    from .settings import checkpoints_root, data_root
+    from .settings import cache_root, checkpoints_root, data_root
 
     def existing(path: Path) -> Path:
         path = path.resolve()
@@ -210,13 +210,14 @@ def check_disk() -> Check:
             path = path.parent
         return path
 
-    folders = {"data": data_root(), "checkpoints": checkpoints_root()}
+    folders = {"data": data_root(), "checkpoints": checkpoints_root(), "feature cache": cache_root()}
     free = {label: shutil.disk_usage(existing(path)).free for label, path in folders.items()}
     low = [label for label, value in free.items() if value < MIN_FREE_BYTES]
     detail = ", ".join(f"{free[label] / 1e9:.1f} GB free for {label} ({path})" for label, path in folders.items())
     if low:
         return Check("free disk", FAIL, f"{detail}; the course needs about {MIN_FREE_BYTES / 1e9:.0f} GB",
-                     "free some space, or point TLCOURSE_DATA_DIR / TLCOURSE_CHECKPOINTS_DIR at a larger disk")
+                     "free some space (python -m tlcourse cache clear empties the feature cache), or point "
+                     "TLCOURSE_DATA_DIR / TLCOURSE_CHECKPOINTS_DIR / TLCOURSE_CACHE_DIR at a larger disk")
     return Check("free disk", OK, detail)
 
 

@@ -32,7 +32,9 @@ from .checkpoints import (
 from .config import TrainConfig
 from .data import Loaders, make_loaders
 from .device import seed_everything, select_device
+from .fast import FastSetup
 from .fast import prepare as prepare_fast_path
+from .feature_cache import FeatureCache
 from .files import ensure_writable, write_json
 from .freeze import apply_freeze
 from .heads import compute_loss, loss_for_head, loss_for_model, predictions
@@ -40,6 +42,7 @@ from .history import best_from_history, format_epoch, write_history
 from .loops import evaluate, fit, train_one_epoch
 from .models import build_model
 from .optim import make_optimizer, make_scheduler
+from .probe import ProbeResult, baseline
 from .resume import plan_resume, restore_state, resume_folder
 from .settings import checkpoints_root
 
@@ -59,6 +62,7 @@ class RunResult:
     route: str = "plain"                  # which training route ran, in words (printable)
     fast_path: str = "plain"              # its short name: plain | features | layer3 | views | decode
     cache_seconds: float = 0.0            # one-time work of a fast route (decoding, backbone pass)
+    probe: ProbeResult | None = None      # the linear-probe baseline (head-only and last_stage runs)
 
     @property
     def best_acc_path(self) -> Path:
@@ -78,9 +82,20 @@ class RunResult:
         return self.cache_seconds + sum(row["seconds"] for row in self.history)
 
     def summary(self) -> str:
-        return (f"best val_acc {self.best['acc']:.4f} at epoch {self.best['acc_epoch']}, "
+        probe = f" (linear probe {self.probe.val_acc:.4f})" if self.probe else ""
+        return (f"best val_acc {self.best['acc']:.4f} at epoch {self.best['acc_epoch']}{probe}, "
                 f"best val_loss {self.best['loss']:.4f} at epoch {self.best['loss_epoch']}, "
                 f"last val_acc {self.history[-1]['val_acc']:.4f}; {self.seconds:.1f}s; run folder {self.run_dir}")
+
+    def versus_probe(self) -> str:
+        """One line: this run's best accuracy against the linear-probe baseline."""
+        if self.probe is None:
+            return ""
+        gap = self.best["acc"] - self.probe.val_acc
+        verdict = ("at or above the baseline" if gap >= 0 else
+                   "below the baseline: train longer, change lr, or check the data")
+        return (f"best val_acc {self.best['acc']:.4f} vs linear probe {self.probe.val_acc:.4f} "
+                f"({gap:+.4f}): {verdict}")
 
 
 def _new_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
@@ -113,9 +128,9 @@ def _train(config: TrainConfig | None, *, resume: str | Path | None, loaders: Lo
     checkpoint = load_checkpoint(resume) if resume is not None else None
     if checkpoint is not None:  # what may change, where it continues, writable: see tlcourse.resume
         plan = plan_resume(resume, checkpoint, config, overrides)
-        cfg = plan.config
-    else:
-        cfg = (config or TrainConfig()).replace(**overrides).validate()
+        cfg = plan.config.resolved()
+    else:   # fields left at None take the freeze preset's recipe (config.PRESET_DEFAULTS)
+        cfg = (config or TrainConfig()).replace(**overrides).validate().resolved()
         ensure_writable(cfg.output_dir or checkpoints_root(), OUTPUT_DIR_FIX)  # before any work
     device = group.start(cfg.device) if group else select_device(cfg.device)
     say = print if group is None or group.is_main else _quiet
@@ -138,9 +153,24 @@ def _train(config: TrainConfig | None, *, resume: str | Path | None, loaders: Lo
         bn = group.prepare_model(model, cfg.sync_bn)
         if cfg.progress != "none":
             say(f"{group.describe(cfg.batch_size)}; {bn}")
-    # Which route runs (plain loop, cached features/activations, decoded images) and its caches.
-    fast = prepare_fast_path(model, loaders, cfg, device, log=_quiet if cfg.progress == "none" else say,
-                             **(group.fast_hooks() if group else {}))
+    log = _quiet if cfg.progress == "none" else say
+    # Which route runs (plain loop, cached features/activations, decoded images) and its caches;
+    # for a new head-only or last_stage run also the frozen features of the linear-probe baseline.
+    want_probe = cfg.probe and freeze in ("head", "last_stage") and checkpoint is None
+    cache = FeatureCache(cfg.cache_dir, enabled=cfg.cache)
+
+    def prepare() -> FastSetup:
+        return prepare_fast_path(model, loaders, cfg, device, log=log, probe=want_probe, cache=cache,
+                                 **(group.fast_hooks() if group else {}))
+
+    # Several processes: rank 0 fills the persistent cache, the others then read it.
+    fast = group.main_first(prepare, "cache the frozen outputs") if group else prepare()
+    probe = None
+    if fast.probe_data is not None:
+        probe = baseline(fast.probe_data, num_classes=len(loaders.class_names), seed=cfg.seed, cache=cache)
+        log(probe.line())
+    elif checkpoint is not None and checkpoint["config"].get("probe_result"):
+        probe = ProbeResult.from_dict(checkpoint["config"]["probe_result"])   # measured when the run started
     forward_model = fast.forward_model
     if cfg.compile:
         forward_model = torch.compile(forward_model or model)
@@ -150,8 +180,9 @@ def _train(config: TrainConfig | None, *, resume: str | Path | None, loaders: Lo
                                momentum=base.momentum, head_lr_mult=base.head_lr_mult)
     scheduler = make_scheduler(optimizer, cfg.scheduler, epochs=base.epochs, step_size=base.step_size,
                                gamma=base.gamma)
+    probe_dict = probe.as_dict() if probe else None
     args = cfg.to_dict() | {"class_names": loaders.class_names, "fast_path": fast.name,
-                            "fast_path_description": fast.description}
+                            "fast_path_description": fast.description, "probe_result": probe_dict}
     train_loader, val_loader, eval_model, fit_cfg = fast.train_loader, fast.val_loader, None, cfg
     if group is not None:   # DDP trains through the wrapper; each rank evaluates its val share on the plain module
         train_loader, val_loader = group.shard_loaders(train_loader, val_loader, cfg.seed)
@@ -176,12 +207,15 @@ def _train(config: TrainConfig | None, *, resume: str | Path | None, loaders: Lo
         start_epoch, history = 0, []
 
     saver = CheckpointSaver(run_dir, class_names=loaders.class_names, freeze=freeze, image_size=cfg.image_size,
-                            config=cfg.to_dict() | {"fast_path": fast.name})
+                            config=cfg.to_dict() | {"fast_path": fast.name, "probe_result": probe_dict})
     saver.saved_epoch = start_epoch if (run_dir / LATEST).is_file() and start_epoch else None
     history = fit(model, train_loader, val_loader, optimizer, fit_cfg, scheduler=scheduler,
                   saver=distributed.MainOnlySaver(saver, group) if group else saver,
                   forward_model=forward_model, start_epoch=start_epoch, history=history,
                   generator=loaders.train.generator, log=say, eval_model=eval_model, distributed=group,
                   row_extra={"path": fast.name, **({"processes": group.world} if group else {})})
-    return RunResult(model, history, run_dir, loaders.class_names, best_from_history(history), cfg,
-                     route=fast.description, fast_path=fast.name, cache_seconds=fast.seconds)
+    result = RunResult(model, history, run_dir, loaders.class_names, best_from_history(history), cfg,
+                       route=fast.description, fast_path=fast.name, cache_seconds=fast.seconds, probe=probe)
+    if probe is not None:
+        log(result.versus_probe())
+    return result

@@ -71,16 +71,34 @@ def is_single_logit(outputs: torch.Tensor) -> bool:
     return outputs.ndim == 2 and outputs.shape[1] == 1
 
 
-def loss_for_head(head: str) -> nn.Module:
-    """CrossEntropy on N logits; BCEWithLogits on the single logit of a binary head."""
-    return nn.BCEWithLogitsLoss() if head == "binary" else nn.CrossEntropyLoss()
+class SmoothedBCEWithLogitsLoss(nn.BCEWithLogitsLoss):
+    """``BCEWithLogitsLoss`` with label smoothing: targets 0/1 become ``eps/2`` and ``1 - eps/2``."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        eps = self.label_smoothing
+        return super().forward(input, target * (1 - eps) + eps / 2)
 
 
-def loss_for_model(model: nn.Module) -> nn.Module:
+def loss_for_head(head: str, label_smoothing: float = 0.0) -> nn.Module:
+    """CrossEntropy on N logits; BCEWithLogits on the single logit of a binary head.
+
+    ``label_smoothing`` moves ``eps`` of each target's probability onto the other classes
+    (spread evenly), which keeps a head on fixed features from chasing ever larger logits.
+    """
+    if head == "binary":
+        return SmoothedBCEWithLogitsLoss(label_smoothing) if label_smoothing else nn.BCEWithLogitsLoss()
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+
+def loss_for_model(model: nn.Module, label_smoothing: float = 0.0) -> nn.Module:
     """The loss that fits ``model``'s head (read from the head itself, not from a setting)."""
     head = head_module(model)
     last = head if isinstance(head, nn.Linear) else [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
-    return loss_for_head("binary" if last.out_features == 1 else "linear")
+    return loss_for_head("binary" if last.out_features == 1 else "linear", label_smoothing)
 
 
 def compute_loss(loss_fn: nn.Module, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

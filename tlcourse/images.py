@@ -81,16 +81,22 @@ def _float_to_l(img: Image.Image) -> Image.Image:
     return img.convert("L")
 
 
-def open_rgb(path: str | Path) -> Image.Image:
+def open_rgb(path: str | Path, draft: int | None = None) -> Image.Image:
     """Load ``path`` fully into memory as RGB (the file is closed before returning).
 
     Raises PIL's ``DecompressionBombError`` or :class:`ImageTooLargeError` from the header,
     before decoding, for images that would exhaust memory.
+
+    ``draft``: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (PIL's draft mode, done inside
+    libjpeg, several times faster for large photos) as long as both sides stay >= ``draft``
+    pixels; other formats ignore it. Callers pass the size their transform resizes to.
     """
     with warnings.catch_warnings():
         # Handled above: "Palette images with Transparency expressed in bytes..."
         warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning)
         with Image.open(path) as img:  # reads the header only; PIL refuses bombs here
             check_header(*img.size)
+            if draft:
+                img.draft(None, (draft, draft))
             img.load()
             return to_rgb(img)

@@ -147,7 +147,8 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, config: TrainConf
 
     From ``config`` it takes ``epochs``, ``device``, ``amp``, ``channels_last``, ``max_batches``
     and ``progress``. With a ``saver`` every epoch is checkpointed (see ``CheckpointSaver``).
-    ``loss_fn`` defaults to the loss that fits the model's head. ``forward_model`` (default:
+    ``loss_fn`` defaults to the loss that fits the model's head (with ``label_smoothing`` for
+    training; validation reports the unsmoothed loss). ``forward_model`` (default:
     ``model``) is what the batches are fed to; ``model`` is what gets saved: the fast path trains
     only the head on cached features but saves the whole network. ``generator`` is the training
     loader's shuffling generator, saved for an exact resume. ``row_extra`` is added to every
@@ -157,7 +158,7 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, config: TrainConf
     ``eval_model`` the module it wraps (each rank evaluates its own share of the validation set),
     and ``distributed`` the ``Group`` that sums the metrics over the ranks.
     """
-    cfg = config
+    cfg = config.resolved()
     epochs = cfg.epochs
     device = select_device(cfg.device)
     forward_model = forward_model or model
@@ -165,7 +166,8 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, config: TrainConf
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    loss_fn = loss_fn or loss_for_model(model)
+    val_loss_fn = loss_fn or loss_for_model(model)       # validation reports the plain loss, unsmoothed
+    loss_fn = loss_fn or loss_for_model(model, cfg.label_smoothing)
     history = list(history or [])
     show_bar = cfg.progress == "bar" or (cfg.progress == "auto" and _interactive())
     quiet = cfg.progress == "none"
@@ -184,7 +186,7 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, config: TrainConf
             if distributed is not None:
                 train_stats = distributed.reduce_stats(train_stats)
                 distributed.sync_buffers(eval_model)
-            val_stats = evaluate(eval_model, val_loader, loss_fn, device, desc=f"epoch {epoch}/{epochs} val",
+            val_stats = evaluate(eval_model, val_loader, val_loss_fn, device, desc=f"epoch {epoch}/{epochs} val",
                                  **common)
             if distributed is not None:
                 val_stats = distributed.reduce_stats(val_stats)

@@ -22,7 +22,7 @@ from torch import nn
 from . import TLCourseError
 from .checkpoints import load_checkpoint, model_from_checkpoint
 from .checks import describe_load_error
-from .data import eval_transforms
+from .data import draft_size, eval_transforms
 from .device import select_device
 from .heads import probabilities
 from .images import is_image_file, open_rgb
@@ -91,7 +91,7 @@ class Predictor:
     def _load(self, path: Path) -> torch.Tensor:
         """The image as the model's input; any unreadable or oversized file is one line naming it."""
         try:
-            image = open_rgb(path)  # refuses decompression bombs and absurd shapes from the header
+            image = open_rgb(path, draft_size(self.image_size))  # as the training loaders; refuses bombs
         except FileNotFoundError:
             raise TLCourseError(f"image {path} does not exist") from None
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...

@@ -32,7 +32,7 @@ from .checkpoints import (
     load_checkpoint,
     new_run_dir,
 )
-from .config import TrainConfig
+from .config import PRESET_DEFAULTS, TrainConfig
 from .data import resolve_data_dir
 from .device import restore_rng_state
 from .files import ensure_writable, write_json
@@ -68,10 +68,13 @@ def plan_resume(path: str | Path, checkpoint: dict, config: TrainConfig | None =
     path = Path(path)
     check_resumable(checkpoint, path)
     try:
-        saved = TrainConfig.from_dict(checkpoint["config"]).validate()
+        saved = TrainConfig.from_dict(checkpoint["config"]).validate().resolved()
     except TLCourseError as exc:
         raise TLCourseError(f"checkpoint {path} holds invalid settings ({exc}); the file is damaged") from None
     cfg = (config or saved).replace(**(overrides or {})).validate()
+    # A recipe field left at None means "as the run had it", not the preset's default of today.
+    recipe = {name for values in PRESET_DEFAULTS.values() for name in values}
+    cfg = cfg.replace(**{name: getattr(saved, name) for name in recipe if getattr(cfg, name) is None}).resolved()
     changed = {f.name: (getattr(saved, f.name), getattr(cfg, f.name)) for f in fields(TrainConfig)
                if getattr(saved, f.name) != getattr(cfg, f.name)}
     fixed = [f"{name}={new!r} (the run has {old!r})" for name, (old, new) in changed.items() if name in FIXED]

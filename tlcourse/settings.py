@@ -21,6 +21,7 @@ ENV_CHECKPOINTS_DIR = "TLCOURSE_CHECKPOINTS_DIR"
 #: Seconds a process of a multi-process run waits for the others before giving up (``--dist-timeout``).
 ENV_DIST_TIMEOUT = "TLCOURSE_DIST_TIMEOUT"
 DIST_TIMEOUT_DEFAULT = 600
+ENV_CACHE_DIR = "TLCOURSE_CACHE_DIR"
 
 
 def project_root() -> Path:
@@ -37,6 +38,11 @@ def data_root() -> Path:
 
 def checkpoints_root() -> Path:
     return Path(os.environ.get(ENV_CHECKPOINTS_DIR) or project_root() / "checkpoints")
+
+
+def cache_root() -> Path:
+    """Where the persistent feature cache lives (``TLCOURSE_CACHE_DIR``, else ``<data root>/cache``)."""
+    return Path(os.environ.get(ENV_CACHE_DIR) or data_root() / "cache")
 
 
 def data_mirror() -> str | None:

@@ -5,4 +5,4 @@ nothing heavy at module level (no torch, no torchvision): building the parser fo
 ``data --check`` must start at once. Heavy imports go inside ``run``.
 """
 
-COMMANDS = ("data", "report", "train", "predict", "course", "bench", "doctor")
+COMMANDS = ("data", "report", "train", "predict", "cache", "course", "bench", "doctor")
