@@ -25,6 +25,9 @@ SCHEDULERS = ("none", "step", "cosine")
 FAST_MODES = ("auto", "off", "features", "layer3", "decode")
 FAST_DTYPES = ("float16", "float32")
 PROGRESS = ("auto", "bar", "epoch", "none")
+RECIPES = ("single", "fine_tune")
+UNFREEZE = ("last_stage", "all")
+PHASE_SCHEDULES = ("one_cycle", "cosine")
 
 #: Largest square image side accepted: 1024 px already needs ~20x the memory of 224 px.
 MAX_IMAGE_SIZE = 1024
@@ -116,6 +119,18 @@ class TrainConfig:
     step_size: int = option(7, "epochs between StepLR decays (--scheduler step)", "optimizer", low=1, high=10_000)
     gamma: float = option(0.1, "StepLR decay factor (--scheduler step)", "optimizer", low=0, low_open=True,
                           high=1)
+    # --- the fine_tune recipe (tlcourse.recipes)
+    recipe: str = option("single", "single: one phase with --freeze; fine_tune: the head alone for --freeze-epochs, "
+                         "then --unfreeze with per-block learning rates (one run folder)", "optimizer",
+                         choices=RECIPES)
+    freeze_epochs: int = option(1, "fine_tune: epochs of head-only training before unfreezing (of --epochs in all)",
+                                "optimizer", low=0, high=10_000)
+    unfreeze: str = option("last_stage", "fine_tune: what learns after the head-only epochs", "optimizer",
+                           choices=UNFREEZE)
+    lr_mult: float = option(100.0, "fine_tune: the first unfrozen block learns lr_mult times slower than the head, "
+                            "the blocks between spread geometrically (fastai's slice)", "optimizer", low=1, high=1e6)
+    phase_schedule: str = option("one_cycle", "fine_tune: learning-rate schedule of each phase, stepped every batch",
+                                 "optimizer", choices=PHASE_SCHEDULES)
     # --- speed
     fast: str = option("auto", "training path: auto picks a cached path when the frozen part allows it",
                        "speed", choices=FAST_MODES)

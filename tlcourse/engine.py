@@ -54,6 +54,7 @@ class RunResult:
     route: str = "plain"                  # which training route ran, in words (printable)
     fast_path: str = "plain"              # its short name: plain | features | layer3 | views | decode
     cache_seconds: float = 0.0            # one-time work of a fast route (decoding, backbone pass)
+    fast: object = field(default=None, repr=False)   # the FastSetup trained on (its caches, for interpret)
 
     @property
     def best_acc_path(self) -> Path:
@@ -95,6 +96,10 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     if config is None:
         config = TrainConfig.from_dict(checkpoint["config"]) if checkpoint else TrainConfig()
     cfg = config.replace(**overrides).validate()
+    if cfg.recipe == "fine_tune":   # two phases in one run folder: tlcourse.recipes
+        from .recipes import fine_tune
+
+        return fine_tune(cfg, resume=resume, checkpoint=checkpoint, loaders=loaders)
     device = select_device(cfg.device)
     seed_everything(cfg.seed)
     loaders = loaders or make_loaders(cfg.data_dir, image_size=cfg.image_size, batch_size=cfg.batch_size,
@@ -143,4 +148,4 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                   forward_model=forward_model, start_epoch=start_epoch, history=history,
                   generator=loaders.train.generator, row_extra={"path": fast.name})
     return RunResult(model, history, run_dir, loaders.class_names, best_from_history(history), cfg,
-                     route=fast.description, fast_path=fast.name, cache_seconds=fast.seconds)
+                     route=fast.description, fast_path=fast.name, cache_seconds=fast.seconds, fast=fast)
