@@ -77,18 +77,18 @@ class LRFind:
 
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 3.6))
-        ax.plot(self.lrs, self.losses, color="tab:blue", alpha=0.25, label="loss per batch")
-        ax.plot(self.lrs, self.smoothed, color="tab:blue", label="smoothed loss")
-        at = min(range(self.steps), key=lambda i: abs(math.log(self.lrs[i] / self.suggestion)))
+        skip, low = _skip(self.steps), self.lrs.index(self.minimum_lr)
+        ax.plot(self.lrs[skip:], self.losses[skip:], color="tab:blue", alpha=0.25, label="loss per batch")
+        ax.plot(self.lrs[skip:], self.smoothed[skip:], color="tab:blue", label="smoothed loss")
+        at = self.lrs.index(self.suggestion) if self.suggestion in self.lrs else low
         ax.plot([self.suggestion], [self.smoothed[at]], "o", color="tab:red", markersize=8,
                 label=f"suggestion {self.suggestion:.2g} ({self.method})")
-        low = self.smoothed.index(min(self.smoothed))
-        ax.plot([self.lrs[low]], [self.smoothed[low]], "v", color="tab:green", markersize=8,
-                label=f"minimum {self.lrs[low]:.2g}")
+        ax.plot([self.minimum_lr], [self.smoothed[low]], "v", color="tab:green", markersize=8,
+                label=f"minimum {self.minimum_lr:.2g}")
         ax.set_xscale("log")
-        top = max(self.smoothed[: low + 1]) if low else self.smoothed[0]
-        ax.set_ylim(min(self.smoothed) - 0.1 * abs(top - min(self.smoothed)) - 1e-3,
-                    top + 0.6 * abs(top - min(self.smoothed)) + 1e-3)
+        bottom, top = self.smoothed[low], max(self.smoothed[skip:low + 1])
+        span = max(top - bottom, 1e-3)
+        ax.set_ylim(bottom - 0.15 * span, top + 0.5 * span)   # the descent fills the plot; the blow-up runs off
         ax.set(xlabel="learning rate (log scale)", ylabel="training loss", title="learning-rate range test")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
@@ -96,17 +96,29 @@ class LRFind:
         return ax
 
 
-def suggest(lrs: list[float], smoothed: list[float], skip_start: int = 5) -> tuple[float, str, float | None]:
+def _skip(n: int) -> int:
+    """Points left out at the start: the moving average still leans on its first few batches (fastai: 10 %)."""
+    return max(5, n // 10) if n >= 20 else 0
+
+
+def _lowest(smoothed: list[float]) -> int:
+    """Index of the smoothed minimum after the first points."""
+    return min(range(_skip(len(smoothed)), len(smoothed)), key=smoothed.__getitem__)
+
+
+def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, str, float | None]:
     """``(suggestion, method, steepest lr)`` from a smoothed curve (see the module docstring)."""
-    low = min(range(len(smoothed)), key=smoothed.__getitem__)
-    # The slope is taken between neighbours in log(lr); only points before the minimum count.
+    low, skip_start = _lowest(smoothed), _skip(len(smoothed))
+    # The slope is taken against log(lr); only points before the minimum count.
     candidates = range(max(1, skip_start), low + 1)
     if len(candidates) < 3:
-        return lrs[low] / 10, "minimum/10", None
+        return max(lrs[low] / 10, lrs[0]), "minimum/10", None
     logs = [math.log10(lr) for lr in lrs]
 
+    width = max(1, len(lrs) // 20)   # a slope over a few neighbours each side: one noisy batch cannot win
+
     def slope(i: int) -> float:
-        j, k = max(i - 1, 0), min(i + 1, len(lrs) - 1)
+        j, k = max(i - width, 0), min(i + width, len(lrs) - 1)
         return (smoothed[k] - smoothed[j]) / (logs[k] - logs[j])
 
     steepest = min(candidates, key=slope)
@@ -205,7 +217,7 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
         raise TLCourseError(f"the loss was not finite from the first steps (lr={start_lr:.3g}); "
                             "check the data and the model, or lower start_lr")
     suggestion, method, steepest = suggest(lrs, smoothed)
-    minimum = lrs[min(range(len(smoothed)), key=smoothed.__getitem__)]
+    minimum = lrs[_lowest(smoothed)]
     return LRFind(lrs, losses, smoothed, suggestion, method, minimum, steepest, start_lr, end_lr, diverged_at)
 
 
