@@ -141,3 +141,25 @@ def test_bad_input_gives_one_line_errors(three_class_run, tmp_path, capsys):
     assert main(["interpret", "--checkpoint", str(result.best_acc_path), "--split", "test"]) == 2
     assert main(["interpret", "--checkpoint", str(result.best_acc_path), "--data-dir", str(other)]) == 2
     assert "trained on classes" in capsys.readouterr().err
+
+
+def test_a_binary_single_logit_checkpoint(tiny_data, tmp_path):
+    result = train(data_dir=str(tiny_data), head="binary", epochs=1, output_dir=str(tmp_path), **FAST)
+    interp = interpret(result.best_acc_path)
+    assert interp.outputs.shape == (12, 1) and interp.probs.shape == (12, 2)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(interp.outputs[:, 0], interp.targets.float(),
+                                                                    reduction="none")
+    assert torch.allclose(interp.losses, expected)
+    assert interp.confusion_matrix().sum() == 12 and interp.grad_cam([0, 11]).heatmaps.shape == (2, 32, 32)
+
+
+def test_grad_cam_examples_put_mistakes_first_then_each_class_in_turn():
+    from tlcourse.interpret import cam_examples
+
+    interp = _by_hand([0, 0, 0, 0, 1, 1, 1, 2, 2], [0, 0, 1, 2, 1, 1, 0, 1, 1])
+    worst_first = [t.index for t in interp.top_losses(5, mistakes_only=True)]
+    chosen = cam_examples(interp, 6)
+    assert chosen[:3] == worst_first[:3]                                # half: the worst mistakes
+    assert [int(interp.targets[i]) for i in chosen[3:]] == [0, 1, 0]    # then right answers, classes in turn
+    everything = cam_examples(interp, 20)                               # fewer images than asked: all of them
+    assert everything[:5] == worst_first and sorted(everything) == list(range(9))

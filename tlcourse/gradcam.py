@@ -79,7 +79,7 @@ class CamResult:
 
         image = denormalize(self.images[index], mean, std).permute(1, 2, 0).numpy()
         colours = matplotlib.colormaps[cmap](self.heatmaps[index].numpy())[..., :3]
-        return (1 - alpha) * image + alpha * colours
+        return ((1 - alpha) * image + alpha * colours).clip(0, 1)
 
 
 def denormalize(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

@@ -37,7 +37,8 @@ from .fast import compute_cache, split_model
 from .gradcam import CamResult, denormalize, grad_cam, plot_grad_cam
 from .heads import compute_loss, loss_for_model, predictions, probabilities
 
-__all__ = ["ClassMetrics", "Confusion", "Interpretation", "TopLoss", "grad_cam", "interpret", "plot_grad_cam"]
+__all__ = ["ClassMetrics", "Confusion", "Interpretation", "TopLoss", "cam_examples", "grad_cam", "interpret",
+           "plot_grad_cam", "write_report"]
 
 
 # --------------------------------------------------------------------------- small records
@@ -418,9 +419,12 @@ def write_report(interp: Interpretation, out: str | Path, *, k: int = 9, cams: i
 
 
 def cam_examples(interp: Interpretation, n: int = 8) -> list[int]:
-    """Up to ``n`` image indices: wrong predictions by loss, then right ones by confidence."""
+    """Up to ``n`` image indices: the wrong predictions with the highest loss (at most half, unless
+    too few are right), then the most confident right ones, taking the classes in turn."""
     wrong = sorted(interp.mistakes, key=lambda i: -interp.losses[i].item())
     right = sorted(set(range(len(interp))) - set(wrong), key=lambda i: interp.losses[i].item())
+    by_class = [[i for i in right if int(interp.targets[i]) == c] for c in range(len(interp.class_names))]
+    right = [i for rank in range(len(right)) for group in by_class if rank < len(group) for i in [group[rank]]]
     half = min(len(wrong), max(n // 2, n - len(right)))
     return wrong[:half] + right[:n - half]
 
