@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,9 +31,9 @@ from torch import nn
 from . import TLCourseError
 from .checkpoints import BEST_ACC, load_checkpoint, model_from_checkpoint
 from .checks import DatasetCheck, check_split
-from .data import ImageFolderRGB, _subset, eval_transforms, resolve_data_dir
+from .data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderRGB, _subset, eval_transforms, resolve_data_dir
 from .device import select_device
-from .fast import compute_cache, split_model
+from .fast import _samples, compute_cache, split_model
 from .gradcam import CamResult, denormalize, grad_cam, plot_grad_cam
 from .heads import compute_loss, loss_for_model, predictions, probabilities
 
@@ -129,8 +129,8 @@ class Interpretation:
     source: str                    # what was interpreted, in words
     features_from: str = ""        # where the pooled features came from
     image_size: int = 224
-    mean: tuple = field(default=(0.485, 0.456, 0.406))
-    std: tuple = field(default=(0.229, 0.224, 0.225))
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -146,7 +146,7 @@ class Interpretation:
 
     @property
     def accuracy(self) -> float:
-        return (self.preds == self.targets).float().mean().item()
+        return int((self.preds == self.targets).sum()) / len(self)   # the same division as training's
 
     @property
     def mistakes(self) -> list[int]:
@@ -299,15 +299,6 @@ def _split_dataset(data_dir, split: str, class_names: list[str], image_size: int
     return ImageFolderRGB(root / split, transform=eval_transforms(image_size))
 
 
-def _samples(dataset) -> list[tuple[str, int]]:
-    from torch.utils.data import Subset
-
-    if isinstance(dataset, Subset):
-        inner = _samples(dataset.dataset)
-        return [inner[i] for i in dataset.indices]
-    return list(dataset.samples)
-
-
 def _prefix_equal(a: nn.Module, b: nn.Module) -> bool:
     """True when the two models compute the same pooled features (same backbone tensors)."""
     pa, pb = split_model(a, "features").prefix.state_dict(), split_model(b, "features").prefix.state_dict()
@@ -380,8 +371,8 @@ def interpret(source, *, data_dir: str | Path | None = None, split: str = "val",
         raise TLCourseError(f"{label} gives non-finite losses on {split}; the checkpoint's weights are broken")
     norm = checkpoint.get("normalization") or {}
     return Interpretation(class_names, split, [Path(p) for p, _ in samples], targets, outputs, losses, model, dataset,
-                          label, features_from, image_size, tuple(norm.get("mean", (0.485, 0.456, 0.406))),
-                          tuple(norm.get("std", (0.229, 0.224, 0.225))))
+                          label, features_from, image_size, tuple(norm.get("mean", IMAGENET_MEAN)),
+                          tuple(norm.get("std", IMAGENET_STD)))
 
 
 # --------------------------------------------------------------------------- the written report

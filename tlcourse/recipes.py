@@ -248,7 +248,7 @@ def fine_tune(cfg: TrainConfig, *, resume: str | Path | None = None, checkpoint:
         finally:
             schedule.close()
         start_epoch = phase.last
-        routes.append(f"{phase.preset}: {fast.description}")
+        routes.append(f"{phase.preset}: {fast.description.split(' (')[0]}")   # the details were logged above
         names.append(fast.name)
         cache_seconds += fast.seconds
     return RunResult(model, history, run_dir, loaders.class_names, best_from_history(history), cfg,
