@@ -52,6 +52,10 @@ def test_phases_and_their_bad_settings():
         phases(TrainConfig(recipe="fine_tune", epochs=3, freeze_epochs=3))
     with pytest.raises(TLCourseError, match="fast='features' cannot hold for both phases"):
         phases(TrainConfig(recipe="fine_tune", epochs=3, fast="features"))
+    with pytest.raises(TLCourseError, match="freeze='all' belongs to recipe='single'.*set unfreeze instead"):
+        phases(TrainConfig(recipe="fine_tune", epochs=3, freeze="all"))
+    with pytest.raises(TLCourseError, match="scheduler='cosine' belongs to recipe='single'.*set phase_schedule"):
+        phases(TrainConfig(recipe="fine_tune", epochs=3, scheduler="cosine"))
     with pytest.raises(TLCourseError, match="recipe='fast' is not supported; choose one of single, fine_tune"):
         TrainConfig(recipe="fast").validate()
 

@@ -13,6 +13,8 @@ line) runs, as fastai's ``Learner.fine_tune`` does:
    (``pct_start=0.3``, starting at a fifth of the peak). ``phase_schedule="cosine"`` anneals
    each phase from its peak to zero instead.
 
+``freeze``, ``scheduler`` and ``head_lr_mult`` belong to the single-phase recipe: here
+``unfreeze``, ``phase_schedule`` and ``lr_mult`` decide them (setting both is an error).
 Schedules step every batch (an optimizer step hook, :class:`BatchSchedule`), which ``fit`` saves
 and restores like an epoch scheduler. Epochs are numbered across both phases: one history, one
 set of checkpoints, and ``train(resume=".../latest.pt")`` continues in whichever phase the
@@ -68,6 +70,11 @@ def phases(cfg: TrainConfig) -> list[Phase]:
     if cfg.freeze_epochs >= cfg.epochs:
         raise TLCourseError(f"freeze_epochs={cfg.freeze_epochs} must be smaller than epochs={cfg.epochs}: fine_tune "
                             f"trains the head for freeze_epochs, then {cfg.unfreeze} for the rest of the epochs")
+    for name, single_only, instead in (("freeze", "head", "unfreeze"), ("scheduler", "none", "phase_schedule"),
+                                       ("head_lr_mult", 1.0, "lr_mult")):
+        if getattr(cfg, name) != single_only:
+            raise TLCourseError(f"{name}={getattr(cfg, name)!r} belongs to recipe='single'; fine_tune decides it per "
+                                f"phase: set {instead} instead (and leave {name} at {single_only!r})")
     if cfg.fast in ("features", "layer3"):
         raise TLCourseError(f"fast={cfg.fast!r} cannot hold for both phases of fine_tune; use fast='auto' (each phase "
                             "caches what its frozen part allows), 'decode' or 'off'")
@@ -216,10 +223,7 @@ def fine_tune(cfg: TrainConfig, *, resume: str | Path | None = None, checkpoint:
         second = phase.preset != "head"
         apply_freeze(model, phase.preset, bn_eval=cfg.bn_eval)
         fast = prepare(model, loaders, cfg.replace(freeze=phase.preset), device, log=say)
-        if second:
-            rates = spread_lrs(preset_blocks(model, phase.preset), phase.lr, cfg.lr_mult)
-        else:
-            rates = None
+        rates = spread_lrs(preset_blocks(model, phase.preset), phase.lr, cfg.lr_mult) if second else None
         optimizer = make_optimizer(model, cfg.optimizer, phase.lr, weight_decay=cfg.weight_decay,
                                    momentum=cfg.momentum, block_lrs=rates)
         optimizer.param_groups.reverse()   # the head's group first: the history's lr column is the head's
