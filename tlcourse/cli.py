@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"{__package__}.commands.{name}").add(sub)
+        importlib.import_module(f"{__package__}.commands.{name.replace('-', '_')}").add(sub)
     for command in sub.choices.values():
         if not command.get_default("pass_through"):
             command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

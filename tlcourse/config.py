@@ -27,6 +27,9 @@ FAST_MODES = ("auto", "off", "features", "layer3", "decode")
 FAST_DTYPES = ("float16", "float32")
 PROGRESS = ("auto", "bar", "epoch", "none")
 BAD_IMAGE_POLICIES = ("error", "skip")
+RECIPES = ("single", "fine_tune")
+UNFREEZE = ("last_stage", "all")
+PHASE_SCHEDULES = ("one_cycle", "cosine")
 #: What ``epochs``, ``lr``, ``scheduler``, ``label_smoothing`` and ``fast_views`` left at None mean:
 #: the default recipe of each freeze preset, chosen from measurements on ants/bees and generated
 #: datasets (``benchmarks/recipes.py``; README, "Defaults"). A head on cached features trains in a
@@ -36,6 +39,9 @@ PRESET_DEFAULTS = {
     "last_stage": {"epochs": 5, "lr": 3e-4, "scheduler": "cosine", "label_smoothing": 0.1, "fast_views": 4},
     "all": {"epochs": 5, "lr": 1e-3, "scheduler": "none", "label_smoothing": 0.0, "fast_views": 4},
 }
+#: The same for ``recipe="fine_tune"`` (``tlcourse.recipes``): its phases schedule themselves, and
+#: ``fast_views`` stays None so that each phase takes its own preset's number of cached views.
+RECIPE_DEFAULTS = {"fine_tune": {"epochs": 5, "lr": 1e-3, "scheduler": "none", "label_smoothing": 0.0}}
 
 #: Largest square image side accepted: 1024 px already needs ~20x the memory of 224 px.
 MAX_IMAGE_SIZE = 1024
@@ -155,6 +161,18 @@ class TrainConfig:
                           high=1)
     label_smoothing: float | None = option(None, "label smoothing of the training loss", "optimizer", kind=float,
                                            optional=True, low=0, high=1, high_open=True)
+    # --- the fine_tune recipe (tlcourse.recipes)
+    recipe: str = option("single", "single: one phase with --freeze; fine_tune: the head alone for --freeze-epochs, "
+                         "then --unfreeze with per-block learning rates (one run folder)", "optimizer",
+                         choices=RECIPES)
+    freeze_epochs: int = option(1, "fine_tune: epochs of head-only training before unfreezing (of --epochs in all)",
+                                "optimizer", low=0, high=10_000)
+    unfreeze: str = option("last_stage", "fine_tune: what learns after the head-only epochs", "optimizer",
+                           choices=UNFREEZE)
+    lr_mult: float = option(100.0, "fine_tune: the first unfrozen block learns lr_mult times slower than the head, "
+                            "the blocks between spread geometrically (fastai's slice)", "optimizer", low=1, high=1e6)
+    phase_schedule: str = option("one_cycle", "fine_tune: learning-rate schedule of each phase, stepped every batch",
+                                 "optimizer", choices=PHASE_SCHEDULES)
     # --- speed
     fast: str = option("auto", "training path: auto picks a cached path when the frozen part allows it",
                        "speed", choices=FAST_MODES)
@@ -187,8 +205,10 @@ class TrainConfig:
                          "and print it beside head-only and last_stage results", "run")
 
     def resolved(self) -> TrainConfig:
-        """This config with the fields left at None taken from ``PRESET_DEFAULTS[freeze]``."""
-        missing = {k: v for k, v in PRESET_DEFAULTS[self.freeze].items() if getattr(self, k) is None}
+        """This config with the fields left at None taken from ``PRESET_DEFAULTS[freeze]``
+        (or ``RECIPE_DEFAULTS[recipe]`` for a multi-phase recipe)."""
+        table = RECIPE_DEFAULTS.get(self.recipe) or PRESET_DEFAULTS[self.freeze]
+        missing = {k: v for k, v in table.items() if getattr(self, k) is None}
         return replace(self, **missing) if missing else self
 
     def validate(self) -> TrainConfig:

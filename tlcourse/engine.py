@@ -63,6 +63,7 @@ class RunResult:
     fast_path: str = "plain"              # its short name: plain | features | layer3 | views | decode
     cache_seconds: float = 0.0            # one-time work of a fast route (decoding, backbone pass)
     probe: ProbeResult | None = None      # the linear-probe baseline (head-only and last_stage runs)
+    fast: object = field(default=None, repr=False)   # the FastSetup trained on (its caches, for interpret)
 
     @property
     def best_acc_path(self) -> Path:
@@ -132,6 +133,13 @@ def _train(config: TrainConfig | None, *, resume: str | Path | None, loaders: Lo
     else:   # fields left at None take the freeze preset's recipe (config.PRESET_DEFAULTS)
         cfg = (config or TrainConfig()).replace(**overrides).validate().resolved()
         ensure_writable(cfg.output_dir or checkpoints_root(), OUTPUT_DIR_FIX)  # before any work
+    if cfg.recipe == "fine_tune":   # two phases in one run folder: tlcourse.recipes
+        if group is not None:
+            raise TLCourseError("recipe='fine_tune' runs in one process; leave out --nproc-per-node")
+        from .recipes import fine_tune
+
+        return fine_tune(cfg, resume=resume, checkpoint=checkpoint, loaders=loaders,
+                         in_place=checkpoint is None or plan.in_place)
     device = group.start(cfg.device) if group else select_device(cfg.device)
     say = print if group is None or group.is_main else _quiet
     seed_everything(cfg.seed)
@@ -215,7 +223,8 @@ def _train(config: TrainConfig | None, *, resume: str | Path | None, loaders: Lo
                   generator=loaders.train.generator, log=say, eval_model=eval_model, distributed=group,
                   row_extra={"path": fast.name, **({"processes": group.world} if group else {})})
     result = RunResult(model, history, run_dir, loaders.class_names, best_from_history(history), cfg,
-                       route=fast.description, fast_path=fast.name, cache_seconds=fast.seconds, probe=probe)
+                       route=fast.description, fast_path=fast.name, cache_seconds=fast.seconds, probe=probe,
+                       fast=fast)
     if probe is not None:
         log(result.versus_probe())
     return result

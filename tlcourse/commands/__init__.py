@@ -5,4 +5,5 @@ nothing heavy at module level (no torch, no torchvision): building the parser fo
 ``data --check`` must start at once. Heavy imports go inside ``run``.
 """
 
-COMMANDS = ("data", "report", "train", "predict", "cache", "course", "bench", "doctor")
+#: Command names; ``lr-find`` lives in ``lr_find.py`` (a hyphen cannot be in a module name).
+COMMANDS = ("data", "report", "train", "lr-find", "predict", "interpret", "cache", "course", "bench", "doctor")
