@@ -36,3 +36,16 @@ def test_a_run_records_the_values_it_used(tiny_data, tmp_path):
     for name, value in PRESET_DEFAULTS["head"].items():
         expected = 1 if name == "epochs" else value
         assert recorded[name] == expected and getattr(result.config, name) == expected
+
+
+def test_none_on_the_command_line_is_a_choice_where_it_is_one():
+    """`--scheduler none` turns the schedule off (a choice); `--weights none` means random weights (None)."""
+    import argparse
+
+    from tlcourse.config import add_config_arguments, config_overrides
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    overrides = config_overrides(parser.parse_args(["--scheduler", "none", "--weights", "none"]))
+    assert overrides == {"scheduler": "none", "weights": None}
+    assert TrainConfig(**overrides).resolved().scheduler == "none"   # not the head's default cosine

@@ -79,13 +79,15 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def _options(data: Path, out: Path, **values) -> list[str]:
     base = dict(data_dir=str(data), weights=None, epochs=2, image_size=SIZE, augment=False, seed=1,
-                fast_dtype="float32", progress="epoch", output_dir=str(out))
+                fast_dtype="float32", progress="epoch", output_dir=str(out), scheduler="none")
     return config_arguments(base | values)
 
 
 def _single(data: Path, out: Path, **values):
+    # No schedule: a 2-epoch run and the first 2 epochs of a 3-epoch run must take the same steps.
     cfg = TrainConfig(data_dir=str(data), weights=None, epochs=2, image_size=SIZE, augment=False, seed=1,
-                      fast_dtype="float32", progress="none", output_dir=str(out), device="cpu", batch_size=32)
+                      fast_dtype="float32", progress="none", output_dir=str(out), device="cpu", batch_size=32,
+                      scheduler="none")
     return train(cfg.replace(**values))
 
 
@@ -163,7 +165,7 @@ def test_last_stage_with_sync_bn_matches_and_resumes_with_one_process(data, tmp_
 
 
 def test_a_failing_rank_stops_every_rank_with_one_error(data, tmp_path):
-    """A bad image met only by rank 1 (it caches the odd positions): one line, status 2, no hang."""
+    """A bad image (rank 0 fills the cache, the others wait for it): one line naming it, status 2, no hang."""
     bad = make_image_folder(tmp_path / "bad", classes=("cat", "dog"), per_class={"train": 6, "val": 3})
     (bad / "train" / "cat" / "img_00.png").write_text("not a png")   # sorts 2nd: position 1 -> rank 1
     launcher = ("import sys; from tlcourse.distributed import launch; "
@@ -173,7 +175,7 @@ def test_a_failing_rank_stops_every_rank_with_one_error(data, tmp_path):
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1, result.stderr
-    assert errors[0].startswith("error: ") and "img_00.png" in errors[0] and "(rank 1;" in errors[0]
+    assert errors[0].startswith("error: ") and "img_00.png" in errors[0] and "(rank " in errors[0]
     assert time.monotonic() - started < RUN_TIMEOUT
     assert not list((tmp_path / "ck").glob("*/latest.pt"))
 

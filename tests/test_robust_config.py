@@ -31,6 +31,7 @@ def checked_values(tmp: Path) -> dict[str, list]:
     a_file.write_text("x")
     return {
         "data_dir": ["", "   "],
+        "cache_dir": ["", "   "],
         "image_size": [16, 0, 50_000, 1025],
         "weights": ["", str(tmp)],
         "device": ["meta", "cuda:x", "gpu", ""],

@@ -46,8 +46,8 @@ def _temps(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def one_epoch(tiny_data_session, tmp_path_factory):
     """A finished 1-epoch run; tests copy its folder before changing anything."""
-    return train(data_dir=str(tiny_data_session), epochs=1, output_dir=str(tmp_path_factory.mktemp("runs")),
-                 run_name="base", **FAST)
+    return train(data_dir=str(tiny_data_session), epochs=1, lr=1e-3, scheduler="none",
+                 output_dir=str(tmp_path_factory.mktemp("runs")), run_name="base", **FAST)
 
 
 @pytest.fixture
@@ -230,7 +230,7 @@ def test_resume_with_a_new_learning_rate_trains_with_it_and_records_it(run_copy)
 
 
 def test_resume_with_a_new_lr_follows_the_schedule(tiny_data_session, tmp_path):
-    first = train(data_dir=str(tiny_data_session), epochs=2, output_dir=str(tmp_path), scheduler="step",
+    first = train(data_dir=str(tiny_data_session), epochs=2, lr=1e-3, output_dir=str(tmp_path), scheduler="step",
                   step_size=1, gamma=0.5, **FAST)
     resumed = train(resume=first.latest_path, epochs=3, lr=0.1)
     assert [r["lr"] for r in resumed.history] == pytest.approx([1e-3, 5e-4, 0.1 * 0.5**2])

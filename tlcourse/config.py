@@ -315,8 +315,8 @@ def _converter(name: str):
 
     def convert(text: str):
         kind = meta["kind"]
-        if kind is str and meta["optional"] and text.lower() == "none":
-            return NONE_GIVEN  # "--weights none": None is a value here, not "not given"
+        if kind is str and meta["optional"] and text.lower() == "none" and "none" not in (meta["choices"] or ()):
+            return NONE_GIVEN  # "--weights none": None is a value, not "not given" ("--scheduler none": a choice)
         elif kind is int:
             try:
                 value = int(text)

@@ -444,19 +444,23 @@ class Group:
         For the cached routes: rank 0 computes the frozen outputs and writes them to the persistent
         feature cache, the other ranks then read them from it instead of recomputing (with the cache
         off each rank computes them itself: the same numbers, every augmentation is seeded per image).
-        If rank 0 fails, every rank raises.
+        If rank 0 fails, every rank raises with its one-line reason.
         """
+        box, error, result = [None], None, None
         if self.is_main:
             try:
                 result = fn()
-            except BaseException:
-                self.agree(False)
-                raise
-            self.agree(True)
-            return result
-        if not self.agree(True):
-            raise TLCourseError(f"rank 0 could not {what}")
-        return fn()
+                box = [("ok", None)]
+            except Exception as exc:
+                error = exc
+                box = [("error", describe_error(exc)[0])]
+        dist.broadcast_object_list(box, src=0, device=self.comm_device)
+        if error is not None:
+            raise error
+        kind, value = box[0]
+        if kind == "error":
+            raise TLCourseError(f"rank 0 could not {what}: {value}")
+        return result if self.is_main else fn()
 
     def prepare_model(self, model: nn.Module, sync_bn: bool) -> str:
         """Swap BatchNorm layers that train to synchronised ones if asked; say what happens to BatchNorm."""

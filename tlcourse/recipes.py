@@ -67,12 +67,13 @@ class Phase:
 
 def phases(cfg: TrainConfig) -> list[Phase]:
     """The phases of a fine_tune config; a ``TLCourseError`` when there is nothing to unfreeze into."""
+    cfg = cfg.resolved()   # None: fine_tune's own defaults (config.RECIPE_DEFAULTS)
     if cfg.freeze_epochs >= cfg.epochs:
         raise TLCourseError(f"freeze_epochs={cfg.freeze_epochs} must be smaller than epochs={cfg.epochs}: fine_tune "
                             f"trains the head for freeze_epochs, then {cfg.unfreeze} for the rest of the epochs")
     for name, single_only, instead in (("freeze", "head", "unfreeze"), ("scheduler", "none", "phase_schedule"),
                                        ("head_lr_mult", 1.0, "lr_mult")):
-        if getattr(cfg, name) != single_only:
+        if getattr(cfg, name) not in (single_only, None):
             raise TLCourseError(f"{name}={getattr(cfg, name)!r} belongs to recipe='single'; fine_tune decides it per "
                                 f"phase: set {instead} instead (and leave {name} at {single_only!r})")
     if cfg.fast in ("features", "layer3"):
@@ -168,9 +169,6 @@ def _new_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
 
 def _check_resume(checkpoint: dict, cfg: TrainConfig, plan: list[Phase], source) -> None:
     saved = checkpoint.get("config") or {}
-    if saved.get("recipe", "single") != "fine_tune":
-        raise TLCourseError(f"{source} was trained with recipe={saved.get('recipe', 'single')!r}; resume it "
-                            "without --recipe fine_tune (or start a new fine_tune run)")
     epoch = checkpoint["epoch"]
     inside = next((p for p in plan if p.first <= epoch < p.last), None)
     boundary = next((p for p in plan if p.last == epoch), None)
@@ -195,6 +193,10 @@ def fine_tune(cfg: TrainConfig, *, resume: str | Path | None = None, checkpoint:
     from .engine import RunResult
 
     cfg = cfg.resolved()
+    if checkpoint is not None and (checkpoint.get("config") or {}).get("recipe", "single") != "fine_tune":
+        recipe = (checkpoint.get("config") or {}).get("recipe", "single")
+        raise TLCourseError(f"{resume} was trained with recipe={recipe!r}; resume it without --recipe fine_tune "
+                            "(or start a new fine_tune run)")
     plan = phases(cfg)
     if checkpoint is not None and not in_place:
         raise TLCourseError(f"{resume} is not the newest checkpoint of its fine_tune run; resume from the run's "
