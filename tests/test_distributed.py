@@ -96,11 +96,11 @@ def _run_dir(out: Path) -> Path:
     return run_dir
 
 
-def _assert_same_run(history: list[dict], reference: list[dict]) -> None:
+def _assert_same_run(history: list[dict], reference: list[dict], rtol: float = LOSS_RTOL) -> None:
     assert len(history) == len(reference)
     for row, ref in zip(history, reference):
         for key in ("train_loss", "val_loss"):
-            assert row[key] == pytest.approx(ref[key], rel=LOSS_RTOL), (row["epoch"], key)
+            assert row[key] == pytest.approx(ref[key], rel=rtol), (row["epoch"], key)
         for key in ("train_acc", "val_acc", "train_images", "val_images", "path"):
             assert row[key] == ref[key], (row["epoch"], key)
 
@@ -203,6 +203,22 @@ def test_ctrl_c_stops_every_process_and_keeps_the_last_checkpoint(data, tmp_path
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)                      # no worker left behind
     assert load_checkpoint(_run_dir(tmp_path / "ck") / LATEST)["epoch"] >= 1
+
+
+def test_decoded_images_are_split_across_processes(data, tmp_path):
+    """freeze="all" without augmentation: each process decodes its share at once; --sync-bn: one process's numbers."""
+    out = tmp_path / "ddp"
+    ddp = _run(["-m", "tlcourse", "train", "--nproc-per-node", "2",
+                *_options(data, out, batch_size=16, freeze="all", epochs=1, lr=LAST_STAGE_LR, sync_bn=True)], tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = _single(data, tmp_path / "one", freeze="all", epochs=1, lr=LAST_STAGE_LR)
+    history = json.loads((_run_dir(out) / "history.json").read_text())
+    assert history[0]["path"] == single.history[0]["path"] == "decode"
+    # Every layer trains (and every BatchNorm, synchronised): the runs agree less closely than with a frozen
+    # backbone; measured relative gaps: train_loss 4.6e-5, val_loss 1.9e-3 (the head-only and last_stage
+    # tests hold 1e-5). The point here is that the decoding ranks work at once and the run is the same run.
+    _assert_same_run(history, single.history, rtol=5e-3)
+    assert [r["val_images"] for r in history] == [r["val_images"] for r in single.history]
 
 
 @pytest.mark.slow

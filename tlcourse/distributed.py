@@ -350,12 +350,16 @@ class Group:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
-    def on_main(self, fn: Callable, what: str):
-        """Run ``fn`` on rank 0 only and give every rank its result; if it fails, every rank raises."""
-        box, error = [None], None
+    def on_main(self, fn: Callable, what: str, *, share: bool = True):
+        """Run ``fn`` on rank 0 only; every rank gets its result (None elsewhere unless ``share``).
+
+        If it fails, every rank raises: rank 0 its own error, the others one line with its reason.
+        """
+        box, error, result = [None], None, None
         if self.is_main:
             try:
-                box = [("ok", fn())]
+                result = fn()
+                box = [("ok", result if share else None)]
             except Exception as exc:
                 error = exc
                 box = [("error", describe_error(exc)[0])]
@@ -365,7 +369,7 @@ class Group:
         kind, value = box[0]
         if kind == "error":
             raise TLCourseError(f"rank 0 could not {what}: {value}")
-        return value
+        return result if self.is_main else value
 
     def reduce_stats(self, stats: dict) -> dict:
         """Mean loss and accuracy over every rank's images, from each rank's sums (each image once)."""
@@ -446,20 +450,7 @@ class Group:
         off each rank computes them itself: the same numbers, every augmentation is seeded per image).
         If rank 0 fails, every rank raises with its one-line reason.
         """
-        box, error, result = [None], None, None
-        if self.is_main:
-            try:
-                result = fn()
-                box = [("ok", None)]
-            except Exception as exc:
-                error = exc
-                box = [("error", describe_error(exc)[0])]
-        dist.broadcast_object_list(box, src=0, device=self.comm_device)
-        if error is not None:
-            raise error
-        kind, value = box[0]
-        if kind == "error":
-            raise TLCourseError(f"rank 0 could not {what}: {value}")
+        result = self.on_main(fn, what, share=False)   # results can be large (tensors): not broadcast
         return result if self.is_main else fn()
 
     def prepare_model(self, model: nn.Module, sync_bn: bool) -> str:

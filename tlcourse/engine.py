@@ -32,7 +32,7 @@ from .checkpoints import (
 from .config import TrainConfig
 from .data import Loaders, make_loaders
 from .device import seed_everything, select_device
-from .fast import FastSetup
+from .fast import FastSetup, choose_path
 from .fast import prepare as prepare_fast_path
 from .feature_cache import FeatureCache
 from .files import ensure_writable, write_json
@@ -171,8 +171,12 @@ def _train(config: TrainConfig | None, *, resume: str | Path | None, loaders: Lo
         return prepare_fast_path(model, loaders, cfg, device, log=log, probe=want_probe, cache=cache,
                                  **(group.fast_hooks() if group else {}))
 
-    # Several processes: rank 0 fills the persistent cache, the others then read it.
-    fast = group.main_first(prepare, "cache the frozen outputs") if group else prepare()
+    # Several processes: rank 0 fills the persistent cache, the others then read it; decoding images
+    # is split across the processes instead, so there they all work at once.
+    if group is None or choose_path(model, cfg, loaders.train.dataset)[0] == "decode":
+        fast = prepare()
+    else:
+        fast = group.main_first(prepare, "cache the frozen outputs")
     probe = None
     if fast.probe_data is not None:
         probe = baseline(fast.probe_data, num_classes=len(loaders.class_names), seed=cfg.seed, cache=cache)
