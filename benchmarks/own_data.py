@@ -97,9 +97,9 @@ def run_own_data(args, quick: bool) -> dict:
     work = Path(tempfile.mkdtemp(prefix="tlcourse-bench-own-"))
     section = {"data_dir": str(data_dir), "rows": []}
     try:
-        defaults = TrainConfig()
         for freeze, epochs in (("head", 2 if quick else 5), ("last_stage", 2 if quick else 3)):
-            runs = sorted({epochs, defaults.epochs}) if not quick else [epochs]
+            default_epochs = TrainConfig(freeze=freeze).resolved().epochs     # the preset's recipe
+            runs = sorted({epochs, default_epochs}) if not quick else [epochs]
             for n in runs:
                 cache_dir = work / f"cache-{freeze}-{n}"
                 cfg = TrainConfig(data_dir=str(data_dir), arch=ARCH, weights=str(weights), freeze=freeze, epochs=n,
@@ -110,7 +110,7 @@ def run_own_data(args, quick: bool) -> dict:
                 print(f"    {freeze}, {n} epochs: warm ...", flush=True)
                 warm = timed_run(cfg)
                 section["rows"].append({"freeze": freeze, "epochs": n, "cold": cold, "warm": warm,
-                                        "default_epochs": n == defaults.epochs})
+                                        "default_epochs": n == default_epochs})
                 print(f"    {freeze} {n} epochs: cold {cold['seconds']}s, warm {warm['seconds']}s, best "
                       f"{cold['best_val_acc']:.4f} (probe {cold['probe']:.4f})", flush=True)
         section["throughput"] = throughput(data_dir, str(weights), 64 if quick else 300, 32, work / "throughput")
