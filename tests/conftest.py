@@ -31,6 +31,16 @@ os.environ[ENV_CACHE_DIR] = _SESSION_CACHE
 atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): on a
+    shared 2-core machine two spinning threads are many times slower, and torchrun workers get one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_image_folder(root: Path, classes=("ants", "bees"), per_class: dict | int = 6,
                       size=(40, 32), splits=("train", "val")) -> Path:
     """Write ``root/{split}/{class}/img_N.png`` with one dominant colour per class.

@@ -50,13 +50,7 @@ LAST_STAGE_LR = 1e-4   # the fine-tuning rate; also the tolerance of weights tra
 RUN_TIMEOUT = 300      # seconds for a whole multi-process run on a loaded 2-core machine
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The workers get one thread each (OMP_NUM_THREADS=1); so does the one-process reference."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -423,3 +423,10 @@ def summarize(data_dir: str | Path | None = None, splits: Sequence[str] = SPLITS
         if (root / split).is_dir():
             check_split(root, split, walk)
     return DatasetSummary(root, walk.counts)
+
+
+def loaders_for(cfg) -> Loaders:
+    """The loaders a ``TrainConfig`` describes: ``train``, ``fine_tune`` and ``lr_find`` all start here."""
+    return make_loaders(cfg.data_dir, image_size=cfg.image_size, batch_size=cfg.batch_size,
+                        num_workers=cfg.num_workers, seed=cfg.seed, augment=cfg.augment, subset=cfg.subset,
+                        bad_images=cfg.bad_images)

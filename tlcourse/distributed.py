@@ -439,8 +439,8 @@ class Group:
         return images
 
     def fast_hooks(self) -> dict:
-        """What ``fast.prepare`` computes with: the sharded versions of its cache builders."""
-        return {"decode": self.decode_images}
+        """How ``fast.prepare`` works with several processes: decoding split, the feature cache filled by rank 0."""
+        return {"decode": self.decode_images, "first": lambda work: self.main_first(work, "cache the frozen outputs")}
 
     def main_first(self, fn: Callable, what: str):
         """Run ``fn`` on rank 0, then, once it has succeeded, on every other rank; each returns its own result.

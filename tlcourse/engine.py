@@ -30,9 +30,8 @@ from .checkpoints import (
     new_run_dir,
 )
 from .config import TrainConfig
-from .data import Loaders, make_loaders
+from .data import Loaders, loaders_for
 from .device import seed_everything, select_device
-from .fast import FastSetup, choose_path
 from .fast import prepare as prepare_fast_path
 from .feature_cache import FeatureCache
 from .files import ensure_writable, write_json
@@ -40,10 +39,10 @@ from .freeze import apply_freeze
 from .heads import compute_loss, loss_for_head, loss_for_model, predictions
 from .history import best_from_history, format_epoch, write_history
 from .loops import evaluate, fit, train_one_epoch
-from .models import build_model
+from .models import model_for
 from .optim import make_optimizer, make_scheduler
 from .probe import ProbeResult, baseline
-from .resume import plan_resume, restore_state, resume_folder
+from .resume import check_classes, plan_resume, restore_state, resume_folder
 from .settings import checkpoints_root
 
 # What notebooks and learners import from here: the run, and the pieces they look at.
@@ -99,12 +98,6 @@ class RunResult:
                 f"({gap:+.4f}): {verdict}")
 
 
-def _new_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    model = build_model(cfg.arch, num_classes, weights=cfg.weights, head=cfg.head,
-                        **({"dropout": cfg.dropout} if cfg.head == "mlp" else {}))
-    return apply_freeze(model, cfg.freeze, bn_eval=cfg.bn_eval)
-
-
 def train(config: TrainConfig | None = None, *, resume: str | Path | None = None,
           loaders: Loaders | None = None, **overrides) -> RunResult:
     """A whole training run from a config (keyword arguments override its fields).
@@ -143,18 +136,14 @@ def _train(config: TrainConfig | None, *, resume: str | Path | None, loaders: Lo
     device = group.start(cfg.device) if group else select_device(cfg.device)
     say = print if group is None or group.is_main else _quiet
     seed_everything(cfg.seed)
-    loaders = loaders or make_loaders(cfg.data_dir, image_size=cfg.image_size, batch_size=cfg.batch_size,
-                                      num_workers=cfg.num_workers, seed=cfg.seed, augment=cfg.augment,
-                                      subset=cfg.subset, bad_images=cfg.bad_images)
+    loaders = loaders or loaders_for(cfg)
     if checkpoint is not None:
-        if checkpoint["class_names"] != loaders.class_names:
-            raise TLCourseError(f"{resume} was trained on classes {checkpoint['class_names']}, "
-                                f"but {loaders.data_dir} has {loaders.class_names}; resume on the same dataset")
+        check_classes(checkpoint, loaders.class_names, loaders.data_dir, resume)
         model = apply_freeze(model_from_checkpoint(checkpoint, source=str(resume)), checkpoint["freeze"],
                              bn_eval=cfg.bn_eval)
         freeze = checkpoint["freeze"]
     else:
-        model = _new_model(cfg, len(loaders.class_names))
+        model = apply_freeze(model_for(cfg, len(loaders.class_names)), cfg.freeze, bn_eval=cfg.bn_eval)
         freeze = cfg.freeze
     model.to(device)
     if group is not None:
@@ -167,16 +156,8 @@ def _train(config: TrainConfig | None, *, resume: str | Path | None, loaders: Lo
     want_probe = cfg.probe and freeze in ("head", "last_stage") and checkpoint is None
     cache = FeatureCache(cfg.cache_dir, enabled=cfg.cache)
 
-    def prepare() -> FastSetup:
-        return prepare_fast_path(model, loaders, cfg, device, log=log, probe=want_probe, cache=cache,
-                                 **(group.fast_hooks() if group else {}))
-
-    # Several processes: rank 0 fills the persistent cache, the others then read it; decoding images
-    # is split across the processes instead, so there they all work at once.
-    if group is None or choose_path(model, cfg, loaders.train.dataset)[0] == "decode":
-        fast = prepare()
-    else:
-        fast = group.main_first(prepare, "cache the frozen outputs")
+    fast = prepare_fast_path(model, loaders, cfg, device, log=log, probe=want_probe, cache=cache,
+                             **(group.fast_hooks() if group else {}))
     probe = None
     if fast.probe_data is not None:
         probe = baseline(fast.probe_data, num_classes=len(loaders.class_names), seed=cfg.seed, cache=cache)

@@ -39,6 +39,7 @@ from .archs import ArchSpec, spec_of
 from .config import FAST_MODES, TrainConfig
 from .data import IMAGENET_MEAN, IMAGENET_STD, Loaders, augmentations, load_image, resize_size
 from .feature_cache import FeatureCache, fingerprint_module, fingerprint_samples
+from .files import megabytes
 from .freeze import trunk
 from .images import open_rgb
 
@@ -205,7 +206,7 @@ class _Sink:
         self.writer = None
         self.cache.fail(exc)
         if not self.in_memory:
-            raise TLCourseError(f"the cache is larger than the in-memory limit ({_mb(AUTO_MEMORY_LIMIT)}) and "
+            raise TLCourseError(f"the cache is larger than the in-memory limit ({megabytes(AUTO_MEMORY_LIMIT)}) and "
                                 f"{self.cache.root} cannot be written ({exc.strerror}); free disk space, set "
                                 "cache_dir to another folder, or use fast='off'") from None
 
@@ -435,10 +436,6 @@ def _loader_like(template: DataLoader, dataset: Dataset, *, shuffle: bool, num_w
                       drop_last=template.drop_last)
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
 def choose_path(model: nn.Module, cfg: TrainConfig, train_dataset: Dataset) -> tuple[str, str | None, str]:
     """(path, cut point or None, reason) for a config; raises if a forced path is impossible."""
     cfg = cfg.resolved()
@@ -635,15 +632,20 @@ def _probe_data(results: dict) -> tuple | None:
 
 # --------------------------------------------------------------------------- preparing a run
 
+def _at_once(work: Callable):
+    return work()
+
+
 def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
             log: Callable[[str], None] = print, cache: FeatureCache | None = None,
-            probe: bool = False, decode: Callable = DecodedImages) -> FastSetup:
+            probe: bool = False, decode: Callable = DecodedImages, first: Callable = _at_once) -> FastSetup:
     """Choose the training path for ``cfg`` and build its loaders (and caches); log what ran.
 
     ``cache``: the persistent feature cache (default: from ``cfg.cache`` / ``cfg.cache_dir``).
     ``probe``: also return the un-augmented pooled features (``FastSetup.probe_data``).
-    ``decode`` builds the decoded-images route (``DecodedImages``); with several processes
-    ``tlcourse.distributed`` passes a version that splits the decoding across them.
+    With several processes ``tlcourse.distributed`` passes its own ``decode`` (each process
+    decodes a share of the images, all at once) and ``first`` (runs the step that fills the
+    feature cache on rank 0 before the others, which then read it).
     """
     device = torch.device(device)
     cfg = cfg.resolved()
@@ -657,7 +659,7 @@ def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
         setup = FastSetup("plain", description, loaders.train, loaders.val)
         log(f"training path: {setup.description}")
         if probe:
-            setup.probe_data = frozen_features(model, loaders, cfg, device, cache=cache)
+            setup.probe_data = first(lambda: frozen_features(model, loaders, cfg, device, cache=cache))
             setup.seconds = time.perf_counter() - started
             setup.cache_line = cache.summary()
         return setup
@@ -671,13 +673,13 @@ def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
         samples = {s: _samples(d) for s, d in (("train", train_set), ("val", val_set))}
         estimate = sum(len(v) for v in samples.values()) * 3 * resize_size(size) ** 2 * (2 if augmented else 1)
         if cfg.fast == "auto" and estimate > AUTO_MEMORY_LIMIT:
-            return plain(f"plain loop (decoding all images would take ~{_mb(estimate)} of memory)")
+            return plain(f"plain loop (decoding all images would take ~{megabytes(estimate)} of memory)")
         train_d = decode(samples["train"], size, augment=augmented, draft=_draft(train_set))
         val_d = decode(samples["val"], size, augment=False, draft=_draft(val_set))
         seconds = time.perf_counter() - started
         total = len(train_d) + len(val_d)
         setup = FastSetup("decode", f"images decoded once into memory ({total} images, "
-                                    f"{_mb(train_d.nbytes + val_d.nbytes)}, {seconds:.1f} s; {reason})",
+                                    f"{megabytes(train_d.nbytes + val_d.nbytes)}, {seconds:.1f} s; {reason})",
                           _loader_like(loaders.train, train_d, shuffle=True, num_workers=workers),
                           _loader_like(loaders.val, val_d, shuffle=False, num_workers=workers),
                           None, train_d.nbytes + val_d.nbytes, seconds)
@@ -693,9 +695,9 @@ def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
         if cache.writable and all(isinstance(job.dataset, SampleViews) for job in jobs):
             stream = True         # written to disk as computed, trained on from memory-mapped files
         elif cfg.fast == "auto":
-            return plain(f"plain loop (caching {split.point} would take ~{_mb(estimate)} of memory, over the "
-                         f"{_mb(AUTO_MEMORY_LIMIT)} limit of fast='auto', and the feature cache is off)")
-    results, counts = _run_jobs(jobs, model, cfg, device, cache, loaders.data_dir, stream=stream)
+            return plain(f"plain loop (caching {split.point} would take ~{megabytes(estimate)} of memory, over the "
+                         f"{megabytes(AUTO_MEMORY_LIMIT)} limit of fast='auto', and the feature cache is off)")
+    results, counts = first(lambda: _run_jobs(jobs, model, cfg, device, cache, loaders.data_dir, stream=stream))
     (train_out, train_y, _), (val_out, val_y, _) = results[("train", 0)], results[("val", 0)]
     if name == "views":
         views = [results[("train", v)][0][point] for v in range(cfg.fast_views)]
@@ -708,7 +710,7 @@ def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
     seconds = time.perf_counter() - started
     cache_bytes = train_bytes + val_x.numel() * val_x.element_size()
     what = split.point + (" (fp16)" if dtype == torch.float16 else "")
-    where = "memory-mapped from the feature cache" if stream else _mb(cache_bytes)
+    where = "memory-mapped from the feature cache" if stream else megabytes(cache_bytes)
     done = []
     if counts["passes"]:
         done.append(f"{counts['passes']} pass(es) over {counts['images']} images computed in "

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from .files import megabytes
 from .settings import ENV_CACHE_DIR, cache_root
 
 __all__ = ["FORMAT", "MAGIC", "SUFFIX", "CacheEntry", "CacheFileError", "EntryWriter", "FeatureCache",
@@ -385,4 +386,4 @@ class FeatureCache:
             parts.append(f"not writable: {self.write_problem}")
         total = self.size()
         return (f"feature cache {self.root}: {', '.join(parts) or 'nothing used'}; "
-                f"{total / 1e6:.1f} MB on disk (`python -m tlcourse cache` lists it)")
+                f"{megabytes(total)} on disk (`python -m tlcourse cache` lists it)")

@@ -146,3 +146,8 @@ def os_error_in(exc: BaseException | None, errnos: set[int]) -> OSError | None:
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def megabytes(n: int) -> str:
+    """A byte count as people read it in a log line: ``12.3 MB``."""
+    return f"{n / 1e6:.1f} MB"

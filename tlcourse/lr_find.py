@@ -245,23 +245,19 @@ def lr_find(config: TrainConfig | None = None, *, loaders=None, model: nn.Module
     frozen backbone without augmentation; cached last-stage inputs for ``last_stage``). Pass
     ``model`` to sweep an existing (already frozen) model instead of a new one; it is restored.
     """
-    from .data import make_loaders
+    from .data import loaders_for
     from .device import seed_everything
     from .fast import prepare
     from .freeze import apply_freeze
-    from .models import build_model
+    from .models import model_for
     from .optim import make_optimizer
 
     cfg = (config or TrainConfig()).replace(**overrides).validate().resolved()
     device = select_device(cfg.device)
     seed_everything(cfg.seed)
-    loaders = loaders or make_loaders(cfg.data_dir, image_size=cfg.image_size, batch_size=cfg.batch_size,
-                                      num_workers=cfg.num_workers, seed=cfg.seed, augment=cfg.augment,
-                                      subset=cfg.subset, bad_images=cfg.bad_images)
+    loaders = loaders or loaders_for(cfg)
     if model is None:
-        model = build_model(cfg.arch, len(loaders.class_names), weights=cfg.weights, head=cfg.head,
-                            **({"dropout": cfg.dropout} if cfg.head == "mlp" else {}))
-        model = apply_freeze(model, cfg.freeze, bn_eval=cfg.bn_eval)
+        model = apply_freeze(model_for(cfg, len(loaders.class_names)), cfg.freeze, bn_eval=cfg.bn_eval)
     model.to(device)
     setup = prepare(model, loaders, cfg, device, log=(lambda line: None) if cfg.progress == "none" else log)
     optimizer = make_optimizer(model, cfg.optimizer, start_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,

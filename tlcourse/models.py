@@ -183,3 +183,9 @@ def find_local_weights(arch: str) -> Path | None:
                      if p.is_file() and p.suffix in (".pth", ".pt")
                      and (p.stem == arch or (p.name.startswith(arch) and p.name[len(arch)] in "-_.")))
     return matches[0] if matches else None
+
+
+def model_for(cfg, num_classes: int) -> nn.Module:
+    """The new (unfrozen) model a ``TrainConfig`` describes: architecture, weights and head."""
+    return build_model(cfg.arch, num_classes, weights=cfg.weights, head=cfg.head,
+                       **({"dropout": cfg.dropout} if cfg.head == "mlp" else {}))

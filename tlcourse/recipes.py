@@ -31,20 +31,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from . import TLCourseError
 from .checkpoints import ARGS_JSON, CheckpointSaver, model_from_checkpoint, new_run_dir
 from .config import TrainConfig
-from .data import Loaders, make_loaders
+from .data import Loaders, loaders_for
 from .device import restore_rng_state, seed_everything, select_device
 from .fast import prepare
 from .files import write_json
 from .freeze import apply_freeze, preset_blocks
 from .history import best_from_history
 from .loops import fit
-from .models import build_model
+from .models import model_for
 from .optim import make_optimizer
+from .resume import check_classes
 
 __all__ = ["BatchSchedule", "Phase", "fine_tune", "one_cycle", "phases", "spread_lrs"]
 
@@ -162,11 +162,6 @@ def _phase_log(phase: Phase, total: int, log: Callable[[str], None]) -> Callable
     return rewrite
 
 
-def _new_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    return build_model(cfg.arch, num_classes, weights=cfg.weights, head=cfg.head,
-                       **({"dropout": cfg.dropout} if cfg.head == "mlp" else {}))
-
-
 def _check_resume(checkpoint: dict, cfg: TrainConfig, plan: list[Phase], source) -> None:
     saved = checkpoint.get("config") or {}
     epoch = checkpoint["epoch"]
@@ -203,23 +198,19 @@ def fine_tune(cfg: TrainConfig, *, resume: str | Path | None = None, checkpoint:
                             "latest.pt (continuing an older one would overwrite the later epochs)")
     device = select_device(cfg.device)
     seed_everything(cfg.seed)
-    loaders = loaders or make_loaders(cfg.data_dir, image_size=cfg.image_size, batch_size=cfg.batch_size,
-                                      num_workers=cfg.num_workers, seed=cfg.seed, augment=cfg.augment,
-                                      subset=cfg.subset, bad_images=cfg.bad_images)
+    loaders = loaders or loaders_for(cfg)
     quiet = cfg.progress == "none"
     say = (lambda line: None) if quiet else log
     if checkpoint is not None:
         _check_resume(checkpoint, cfg, plan, resume)
-        if checkpoint["class_names"] != loaders.class_names:
-            raise TLCourseError(f"{resume} was trained on classes {checkpoint['class_names']}, "
-                                f"but {loaders.data_dir} has {loaders.class_names}; resume on the same dataset")
+        check_classes(checkpoint, loaders.class_names, loaders.data_dir, resume)
         model = model_from_checkpoint(checkpoint, source=str(resume))
         run_dir = Path(resume).resolve().parent
         start_epoch, history = checkpoint["epoch"], list(checkpoint["history"])
         if start_epoch >= cfg.epochs:
             say(f"{resume} already finished epoch {start_epoch} of {cfg.epochs}; pass a larger epochs to continue")
     else:
-        model = _new_model(cfg, len(loaders.class_names))
+        model = model_for(cfg, len(loaders.class_names))
         run_dir = new_run_dir(cfg.run_name or f"{cfg.arch}_fine_tune", cfg.output_dir)
         write_json(cfg.to_dict() | {"class_names": loaders.class_names,
                                     "phases": [p.__dict__ for p in plan]}, run_dir / ARGS_JSON)

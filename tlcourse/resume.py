@@ -205,3 +205,10 @@ def scheduled_lrs(scheduler) -> list[float]:
         return [eta + (base - eta) * (1 + math.cos(math.pi * min(steps, scheduler.T_max) / scheduler.T_max)) / 2
                 for base in scheduler.base_lrs]
     return [base * scheduler.gamma ** (steps // scheduler.step_size) for base in scheduler.base_lrs]
+
+
+def check_classes(checkpoint: dict, class_names: list[str], data_dir, source) -> None:
+    """A run resumes only on the classes it was trained on."""
+    if checkpoint["class_names"] != class_names:
+        raise TLCourseError(f"{source} was trained on classes {checkpoint['class_names']}, "
+                            f"but {data_dir} has {class_names}; resume on the same dataset")

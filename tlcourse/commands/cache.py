@@ -14,29 +14,26 @@ def add(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
 def run(args) -> int:
     from ..feature_cache import FeatureCache  # no torch: reading headers is plain file I/O
+    from ..files import megabytes
 
     cache = FeatureCache(args.cache_dir)
     entries = cache.entries()
     total = sum(e.bytes for e in entries)
     if args.action == "clear":
         removed, freed = cache.clear()
-        print(f"feature cache {cache.root}: removed {removed} file(s), {_mb(freed)}")
+        print(f"feature cache {cache.root}: removed {removed} file(s), {megabytes(freed)}")
         return 0
     usable = [e for e in entries if e.header is not None]
     other = [e for e in entries if e.header is None]
     note = f"; {len(other)} unusable or incomplete file(s)" if other else ""
-    print(f"feature cache {cache.root}: {len(usable)} entries, {_mb(total)}{note}")
+    print(f"feature cache {cache.root}: {len(usable)} entries, {megabytes(total)}{note}")
     if args.action == "size" or not entries:
         return 0
     print(f"{'size':>10}  {'created':<19}  what")
     for e in entries:
-        print(f"{_mb(e.bytes):>10}  {e.created:<19}  {e.what}")
+        print(f"{megabytes(e.bytes):>10}  {e.created:<19}  {e.what}")
     where = f" --cache-dir {args.cache_dir}" if args.cache_dir else ""
     print(f"clear it with: python -m tlcourse cache clear{where}")
     return 0
