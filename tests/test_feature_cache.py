@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from tlcourse.engine import TrainConfig, train
 from tlcourse.feature_cache import SUFFIX, TMP_PREFIX, EntryWriter, FeatureCache, key_name
@@ -32,7 +33,7 @@ def cache(tmp_path) -> FeatureCache:
 def test_an_entry_round_trips_and_is_listed_and_cleared(cache):
     data = torch.randn(7, 4, 2, 2).half()
     path = _write(cache, KEY, data, list(range(7)))
-    assert path.name == key_name(KEY) + SUFFIX and path.parent == cache.root
+    assert path.name == key_name(KEY) + SUFFIX and path.parent == cache.store
     tensor, targets = cache.load(KEY)
     assert torch.equal(tensor, data) and targets.tolist() == list(range(7))
     mapped, _ = cache.load(KEY, memory_limit=0)                 # too big for memory: memory-mapped
@@ -40,7 +41,8 @@ def test_an_entry_round_trips_and_is_listed_and_cleared(cache):
     assert cache.load(KEY | {"model": "other"}) is None          # another key: another file, a miss
     (entry,) = cache.entries()
     assert entry.what == "test entry" and entry.bytes == path.stat().st_size == cache.size()
-    assert cache.clear() == (1, entry.bytes) and cache.entries() == []
+    cleared = cache.clear()
+    assert (cleared.removed, cleared.freed) == (1, entry.bytes) and cache.entries() == []
 
 
 @pytest.mark.parametrize("damage,message", [
@@ -74,10 +76,16 @@ def test_an_interrupted_write_leaves_no_entry_only_a_temporary_file(cache):
     writer = cache.writer(KEY, "interrupted")
     writer.write(torch.randn(4, 3))
     assert cache.load(KEY) is None                              # nothing committed yet
-    (leftover,) = cache.entries()
-    assert leftover.path.name.startswith(TMP_PREFIX) and leftover.header is None and "interrupted" in leftover.what
-    writer.fh.close()                                           # the process "died" here
-    assert cache.clear()[0] == 1 and list(cache.root.iterdir()) == []
+    (running,) = cache.entries()
+    assert running.path.name.startswith(TMP_PREFIX) and running.header is None and "being written" in running.what
+    assert cache.clear().running == 1 and running.path.exists()      # a run still writing keeps its file
+    writer.fh.close()                                           # the process "died" here: another pid's leftover
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = running.path.with_name(running.path.name.replace(f"-{os.getpid()}-", f"-{dead.stdout.strip()}-"))
+    os.replace(running.path, leftover)
+    (entry,) = cache.entries()
+    assert "interrupted" in entry.what
+    assert cache.clear().removed == 1 and sorted(p.name for p in cache.store.iterdir()) == ["CACHEDIR.TAG"]
 
 
 def test_an_unwritable_folder_warns_once_and_writes_nothing(tmp_path, capsys):
@@ -129,7 +137,14 @@ def test_what_changes_the_result_changes_the_key(tiny_data, tmp_path, capsys, on
     train(cfg.replace(fast_views=3))                            # one more view: only it is computed
     assert "1 pass(es)" in capsys.readouterr().out
     image = next((tiny_data / "train").rglob("*.png"))
-    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))   # "edited"
+    before = image.stat()
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))   # touched, same bytes: still a hit
+    train(cfg)
+    assert "pass(es)" not in capsys.readouterr().out
+    with Image.open(image) as im:                                 # edited in place, size and mtime kept
+        edited = im.convert("RGB").transpose(Image.Transpose.ROTATE_180)
+    edited.save(image)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
     train(cfg)
     assert "2 pass(es)" in capsys.readouterr().out              # both train views; val unchanged
     train(cfg.replace(image_size=40))
@@ -148,7 +163,7 @@ def test_a_full_disk_mid_write_keeps_training_in_memory(tiny_data, tmp_path, cap
     result = train(_config(tiny_data, tmp_path, fast_views=2, epochs=1))
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and "in memory" in err[0]
-    assert result.fast_path == "views" and list((tmp_path / "cache").iterdir()) == []
+    assert result.fast_path == "views" and FeatureCache(tmp_path / "cache").entries() == []
 
 
 def test_caches_over_the_memory_limit_stream_to_disk_and_train_the_same(tiny_data, tmp_path, monkeypatch,

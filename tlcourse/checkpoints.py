@@ -9,9 +9,7 @@ needs an explicit ``trust=True`` to load.
 from __future__ import annotations
 
 import math
-import os
 import pickle
-import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -27,9 +25,9 @@ from .files import (
     NOT_WRITABLE_ERRNOS,
     atomic_write,
     ensure_writable,
+    link_or_copy_into_place,
     os_error_in,
     remove_stale_temp,
-    temp_name,
 )
 from .history import write_history
 from .settings import checkpoints_root
@@ -85,16 +83,7 @@ def save_checkpoint_as(checkpoint: dict, paths: list[Path]) -> None:
     first, *rest = [Path(p) for p in paths]
     save_checkpoint(checkpoint, first)
     for path in rest:
-        tmp = temp_name(path)
-        try:
-            try:
-                os.link(first, tmp)
-            except OSError:
-                shutil.copyfile(first, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        link_or_copy_into_place(first, path)
 
 
 # --------------------------------------------------------------------------- building checkpoints

@@ -8,21 +8,26 @@ notebook or command that needs the same numbers reads them instead of recomputin
 frozen modules (their structure and every weight and buffer, so a weights name, a local file
 and a fine-tuned checkpoint are told apart by content), the output (cut point) and its dtype,
 the transform (its ``repr``, which includes the image size) and the view (for augmented views:
-seed and view number), each image's path, size, modification time and label, the torch and
-torchvision versions, the device type and the memory format. Any change is another file name,
-so a stale hit cannot happen; the full key is also stored in the file and compared on load.
+seed and view number), each image's path, the sha256 of its bytes (so an edit that keeps size
+and modification time, e.g. a new EXIF orientation, is another key; hashing costs about 0.05 s
+for the 398 ants/bees images) and label, the torch and torchvision versions, the device type and
+the memory format. Any change is another file name, so a stale hit cannot happen; the full key
+is also stored in the file and compared on load.
 
 **File.** One file per entry, ``<key>.tlcf``: the raw tensor bytes in C order (so the file can
-be memory-mapped), then a JSON header (key, shape, dtype, labels, CRC32 of the data), the
-header's length and an 8-byte magic. It is streamed to a temporary ``.tmp-*`` file during the
-pass, so memory stays bounded, and renamed into place only when complete: an interrupted run
-leaves no entry, only a temporary file that ``python -m tlcourse cache clear`` removes. A
-truncated, damaged, foreign or other-version file is reported in one line and recomputed.
+be memory-mapped), then a JSON header (key, shape, dtype, labels, CRC32 of the data, and a
+sha256 over every other header field), the header's length and an 8-byte magic. It is streamed
+to a new temporary file (created exclusively, mode 0600) during the pass, so memory stays
+bounded, and renamed into place only when complete: an interrupted run leaves no entry, only a
+temporary file that ``python -m tlcourse cache clear`` removes once its process is gone. A
+truncated, damaged, edited, foreign or other-version file is reported in one line and recomputed.
 
 **Location.** ``TrainConfig.cache_dir`` (``--cache-dir``), else ``TLCOURSE_CACHE_DIR``, else
-``data/cache``. A folder that cannot be written (read-only, full disk) gives one warning and
-the run goes on with its cache in memory. This module imports torch only where tensors are
-read or written, so ``python -m tlcourse cache`` starts at once.
+``data/cache``; the files live in its subfolder ``tlcourse-features/``, the only place the cache
+lists or deletes anything (``tlcourse.cache_folder`` says how it proves a file is its own). A
+folder that cannot be written (read-only, full disk) gives one warning and the run goes on with
+its cache in memory; ``tlcourse.cache_format`` reads and writes the files. Torch is imported
+only where tensors are read or written, so ``python -m tlcourse cache`` starts at once.
 """
 
 from __future__ import annotations
@@ -30,31 +35,39 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import sys
-import time
-import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from .files import megabytes
+from .cache_folder import (
+    SUBDIR,
+    CacheFileError,
+    ensure_store,
+    load_json_bounded,
+    owned_names,
+    safe_unlink,
+    store_problem,
+    temp_pid,
+)
+from .cache_format import (
+    FORMAT,
+    JSON_KIND,
+    JSON_SUFFIX,
+    MAGIC,
+    SUFFIX,
+    TMP_PREFIX,
+    EntryWriter,
+    header_check,
+    read_entry,
+    read_header,
+)
+from .files import megabytes, pid_alive
 from .settings import ENV_CACHE_DIR, cache_root
 
-__all__ = ["FORMAT", "MAGIC", "SUFFIX", "CacheEntry", "CacheFileError", "EntryWriter", "FeatureCache",
-           "fingerprint_module", "fingerprint_samples", "key_name", "resolve_cache_dir"]
-
-MAGIC = b"TLCFEAT1"
-FORMAT = 1
-SUFFIX = ".tlcf"
-JSON_SUFFIX = ".json"       # small results computed from entries (the linear probe)
-TMP_PREFIX = ".tmp-"
-_TAIL = struct.Struct("<Q8s")          # header length, magic
-_DTYPES = ("float16", "float32", "bfloat16", "uint8")
-
-
-class CacheFileError(Exception):
-    """A cache file that cannot be used: the message says why (truncated, foreign, ...)."""
+__all__ = ["FORMAT", "MAGIC", "SUFFIX", "TMP_PREFIX", "CacheEntry", "CacheFileError", "Cleared", "EntryWriter",
+           "FeatureCache", "content_hash", "fingerprint_module", "fingerprint_samples", "key_name",
+           "resolve_cache_dir"]
 
 
 def warn(message: str) -> None:
@@ -87,51 +100,33 @@ def fingerprint_module(module) -> str:
     return digest.hexdigest()
 
 
+#: In-process memo of content hashes, keyed on everything ``stat`` says (ctime cannot be set back by users).
+_CONTENT_HASHES: dict[tuple, str] = {}
+
+
+def content_hash(path: str) -> str:
+    """sha256 of a file's bytes (remembered for this process while its stat, ctime included, is unchanged)."""
+    info = os.stat(path)
+    memo = (os.fsencode(os.path.abspath(path)), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
+            info.st_ctime_ns)
+    if memo not in _CONTENT_HASHES:
+        with open(path, "rb") as fh:
+            _CONTENT_HASHES[memo] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return _CONTENT_HASHES[memo]
+
+
 def fingerprint_samples(samples: list[tuple[str, int]]) -> str:
-    """sha256 of every image's absolute path, size, modification time (ns) and label, in order."""
+    """sha256 of every image's absolute path, the sha256 of its bytes and its label, in order.
+
+    The bytes, not size and modification time: a rotated EXIF tag (or any edit that restores
+    the old mtime) changes what decoding gives, so it must change the key. Paths are hashed as
+    bytes, so a file name that is not valid UTF-8 works like any other.
+    """
     digest = hashlib.sha256()
     for path, target in samples:
-        stat = os.stat(path)
-        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{target}\n".encode())
+        digest.update(os.fsencode(os.path.abspath(path)))
+        digest.update(f"\0{content_hash(path)}\0{target}\n".encode())
     return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------- reading one file
-
-def read_header(path: Path) -> tuple[dict, int]:
-    """(header, number of data bytes) of a cache file; ``CacheFileError`` says what is wrong."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            if size < _TAIL.size:
-                raise CacheFileError("is truncated (shorter than its trailer)")
-            fh.seek(size - _TAIL.size)
-            length, magic = _TAIL.unpack(fh.read(_TAIL.size))
-            if magic != MAGIC:
-                raise CacheFileError("is truncated or is not a tlcourse cache file (no end marker)")
-            if length > size - _TAIL.size:
-                raise CacheFileError("has a damaged header")
-            fh.seek(size - _TAIL.size - length)
-            header = json.loads(fh.read(length).decode())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CacheFileError("has a damaged header") from None
-    except OSError as exc:
-        raise CacheFileError(f"cannot be read ({exc.strerror or exc})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        found = header.get("format") if isinstance(header, dict) else None
-        raise CacheFileError(f"has format {found!r}, this tlcourse reads format {FORMAT}")
-    data_bytes = size - _TAIL.size - length
-    try:
-        shape = [int(n) for n in header["shape"]]
-        itemsize = {"float16": 2, "bfloat16": 2, "float32": 4, "uint8": 1}[header["dtype"]]
-    except (KeyError, TypeError, ValueError):
-        raise CacheFileError("has a damaged header (shape/dtype)") from None
-    expected = itemsize
-    for n in shape:
-        expected *= n
-    if expected != data_bytes:
-        raise CacheFileError(f"is truncated or damaged ({data_bytes} data bytes, the header says {expected})")
-    return header, data_bytes
 
 
 @dataclass
@@ -156,51 +151,27 @@ class CacheEntry:
 
 # --------------------------------------------------------------------------- writing one file
 
-class EntryWriter:
-    """Streams batches of one entry into a temporary file; :meth:`commit` renames it into place."""
+@dataclass
+class Cleared:
+    """What ``cache clear`` did: removed entries, and what it left (and why)."""
 
-    def __init__(self, path: Path, key: dict, what: str):
-        self.path, self.key, self.what = path, key, what
-        self.tmp = path.with_name(f"{TMP_PREFIX}{path.stem}-{os.getpid()}-{time.monotonic_ns()}")
-        self.fh = open(self.tmp, "wb")
-        self.crc, self.rows, self.item_shape, self.dtype = 0, 0, None, None
-        self.started = time.perf_counter()
+    removed: int
+    freed: int
+    running: int = 0            # temporary files of runs still writing them
+    other: int = 0              # items of the cache folder the cache did not write
+    old_layout: int = 0         # top-level entries of tlcourse versions before the tlcourse-features/ subfolder
 
-    def write(self, batch) -> None:
-        """Append a CPU tensor whose first dimension counts items (all items of one shape)."""
-        import torch
-
-        batch = batch.contiguous()
-        if self.item_shape is None:
-            self.item_shape, self.dtype = list(batch.shape[1:]), str(batch.dtype).replace("torch.", "")
-        data = batch.reshape(-1).view(torch.uint8).numpy()
-        self.fh.write(data)
-        self.crc = zlib.crc32(data, self.crc)
-        self.rows += batch.shape[0]
-
-    def commit(self, targets: list[int]) -> Path:
-        header = {"format": FORMAT, "key": self.key, "shape": [self.rows, *(self.item_shape or [])],
-                  "dtype": self.dtype, "crc32": self.crc, "targets": [int(t) for t in targets],
-                  "what": self.what, "created": datetime.now().isoformat(timespec="seconds"),
-                  "seconds": round(time.perf_counter() - self.started, 3)}
-        blob = json.dumps(header, separators=(",", ":"), default=str).encode()
-        self.fh.write(blob)
-        self.fh.write(_TAIL.pack(len(blob), MAGIC))
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        os.replace(self.tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        try:
-            self.fh.close()
-        except OSError:
-            pass
-        try:
-            self.tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+    def line(self, root: Path) -> str:
+        text = f"feature cache {root}: removed {self.removed} file(s), {megabytes(self.freed)}"
+        left = []
+        if self.running:
+            left.append(f"{self.running} temporary file(s) of a run still writing them")
+        if self.other:
+            left.append(f"{self.other} other item(s) the cache did not write")
+        if self.old_layout:
+            left.append(f"{self.old_layout} *.tlcf file(s) of an older tlcourse in {root} itself (delete them by "
+                        "hand if they are yours)")
+        return text + (f"; left {', '.join(left)}" if left else "")
 
 
 # --------------------------------------------------------------------------- the cache folder
@@ -227,9 +198,14 @@ class FeatureCache:
     def writable(self) -> bool:
         return self.root is not None and self.write_problem is None
 
-    def path(self, key: dict) -> Path:
+    @property
+    def store(self) -> Path:
+        """The cache's own subfolder: the only place it reads, lists or deletes files."""
         assert self.root is not None
-        return self.root / (key_name(key) + SUFFIX)
+        return self.root / SUBDIR
+
+    def path(self, key: dict) -> Path:
+        return self.store / (key_name(key) + SUFFIX)
 
     # ------------------------------------------------------------------ read
 
@@ -242,9 +218,12 @@ class FeatureCache:
         if self.root is None:
             return None
         path = self.path(key)
-        if not path.is_file():
+        if not os.path.lexists(path):
             return None
         try:
+            problem = store_problem(self.store)
+            if problem is not None:
+                raise CacheFileError(f"is in a folder that {problem}")
             tensor, targets = self._read(path, key, memory_limit)
         except CacheFileError as exc:
             self.rejected.append(path.name)
@@ -253,33 +232,7 @@ class FeatureCache:
         self.hits.append(path)
         return tensor, targets
 
-    @staticmethod
-    def _read(path: Path, key: dict, memory_limit: int | None):
-        import torch
-
-        header, data_bytes = read_header(path)
-        if header.get("key") != key:
-            stored = (header.get("key") or {}) if isinstance(header.get("key"), dict) else {}
-            if stored.get("torch") != key.get("torch"):
-                raise CacheFileError(f"was written by torch {stored.get('torch')}, this is torch {key.get('torch')}")
-            raise CacheFileError("belongs to another key (a foreign or renamed file)")
-        if header["dtype"] not in _DTYPES:
-            raise CacheFileError(f"has an unknown dtype {header['dtype']!r}")
-        dtype = getattr(torch, header["dtype"])
-        numel = data_bytes // torch.empty((), dtype=dtype).element_size()
-        try:
-            mapped = torch.from_file(str(path), shared=False, size=numel, dtype=dtype)
-        except RuntimeError as exc:
-            raise CacheFileError(f"cannot be mapped ({exc})") from None
-        if zlib.crc32(mapped.view(torch.uint8).numpy()) != header.get("crc32"):
-            raise CacheFileError("is damaged (checksum mismatch)")
-        tensor = mapped.view(header["shape"])
-        if memory_limit is None or data_bytes <= memory_limit:
-            tensor = tensor.clone()
-        targets = torch.tensor(header["targets"], dtype=torch.long)
-        if len(targets) != tensor.shape[0]:
-            raise CacheFileError("is damaged (label count differs from the data)")
-        return tensor, targets
+    _read = staticmethod(read_entry)
 
     # ------------------------------------------------------------------ write
 
@@ -288,7 +241,7 @@ class FeatureCache:
         if not self.writable:
             return None
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            ensure_store(self.store)
             return EntryWriter(self.path(key), key, what)
         except OSError as exc:
             self.fail(exc)
@@ -305,20 +258,29 @@ class FeatureCache:
     def committed(self, path: Path) -> None:
         self.stored.append(path)
 
+    def _json_path(self, key: dict) -> Path:
+        return self.store / (key_name(key) + JSON_SUFFIX)
+
     def load_json(self, key: dict) -> dict | None:
         """A small JSON result stored under ``key`` (None on a miss or an unusable file)."""
         if self.root is None:
             return None
-        path = self.root / (key_name(key) + JSON_SUFFIX)
+        path = self._json_path(key)
+        if not os.path.lexists(path):
+            return None
         try:
-            stored = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            warn(f"feature cache: {path} is damaged; recomputing it")
-            return None
-        if not isinstance(stored, dict) or stored.get("key") != key or not isinstance(stored.get("value"), dict):
-            warn(f"feature cache: {path} belongs to another key; recomputing it")
+            problem = store_problem(self.store)
+            if problem is not None:
+                raise CacheFileError(f"is in a folder that {problem}")
+            stored = load_json_bounded(path)
+            if not isinstance(stored, dict) or stored.get("kind") != JSON_KIND:
+                raise CacheFileError("is not a tlcourse cache file")
+            if stored.get("check") != header_check(stored):
+                raise CacheFileError("fails its checksum (edited or damaged)")
+            if stored.get("key") != key or not isinstance(stored.get("value"), dict):
+                raise CacheFileError("belongs to another key")
+        except CacheFileError as exc:
+            warn(f"feature cache: {path} {exc}; recomputing it")
             return None
         return stored["value"]
 
@@ -327,51 +289,86 @@ class FeatureCache:
             return
         from .files import atomic_write
 
-        blob = json.dumps({"key": key, "value": value, "what": what,
-                           "created": datetime.now().isoformat(timespec="seconds")}, default=str).encode()
+        stored = json.loads(json.dumps({"kind": JSON_KIND, "key": key, "value": value, "what": what,
+                                        "created": datetime.now().isoformat(timespec="seconds")}, default=str))
+        stored["check"] = header_check(stored)
+        blob = json.dumps(stored).encode()
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.root / (key_name(key) + JSON_SUFFIX), lambda fh: fh.write(blob))
+            ensure_store(self.store)
+            atomic_write(self._json_path(key), lambda fh: fh.write(blob))
         except OSError as exc:
             self.fail(exc)
 
     # ------------------------------------------------------------------ the folder
 
     def entries(self) -> list[CacheEntry]:
-        """Every entry and leftover temporary file in the folder, oldest first."""
-        if self.root is None or not self.root.is_dir():
+        """Every entry and leftover temporary file the cache wrote, oldest first (nothing else)."""
+        if self.root is None:
             return []
+        mine, _ = owned_names(self.store)
         found = []
-        for path in self.root.iterdir():
-            if not path.is_file():
-                continue
-            if path.name.startswith(TMP_PREFIX) or (path.name.startswith(".") and ".tmp-" in path.name):
-                found.append(CacheEntry(path, path.stat().st_size, None, "incomplete (an interrupted run)"))
+        for path, temporary in mine:
+            try:
+                size = os.lstat(path).st_size
+            except OSError:
+                continue                                   # deleted meanwhile
+            if temporary:
+                pid = temp_pid(path.name)
+                state = (f"being written (process {pid})" if pid_alive(pid) else
+                         "incomplete (an interrupted run)")
+                found.append(CacheEntry(path, size, None, state))
             elif path.suffix == SUFFIX:
                 try:
                     header, _ = read_header(path)
-                    found.append(CacheEntry(path, path.stat().st_size, header))
+                    found.append(CacheEntry(path, size, header))
                 except CacheFileError as exc:
-                    found.append(CacheEntry(path, path.stat().st_size, None, f"unusable: {exc}"))
-            elif path.suffix == JSON_SUFFIX and len(path.stem) == 40:
+                    found.append(CacheEntry(path, size, None, f"unusable: {exc}"))
+            else:
                 try:
-                    stored = json.loads(path.read_text())
-                    found.append(CacheEntry(path, path.stat().st_size, {k: stored.get(k) for k in ("what", "created")}))
-                except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-                    found.append(CacheEntry(path, path.stat().st_size, None, "unusable: damaged JSON"))
+                    stored = load_json_bounded(path)
+                    if not isinstance(stored, dict):
+                        raise CacheFileError("is not a JSON object")
+                    found.append(CacheEntry(path, size, {k: str(stored.get(k, "")) for k in ("what", "created")}))
+                except CacheFileError as exc:
+                    found.append(CacheEntry(path, size, None, f"unusable: {exc}"))
         return sorted(found, key=lambda e: (e.created, e.path.name))
 
     def size(self) -> int:
         return sum(e.bytes for e in self.entries())
 
-    def clear(self) -> tuple[int, int]:
-        """Delete every entry and temporary file (nothing else in the folder); (files, bytes) removed."""
-        removed, freed = 0, 0
+    def others(self) -> tuple[int, int]:
+        """(items in the cache folders the cache did not write, top-level ``*.tlcf`` of an older layout)."""
+        if self.root is None:
+            return 0, 0
+        _, foreign = owned_names(self.store)
+        other = len(foreign)
+        old = 0
+        try:
+            with os.scandir(self.root) as listing:
+                for entry in listing:
+                    if entry.name == SUBDIR:
+                        continue
+                    other += 1
+                    old += entry.name.endswith(SUFFIX)
+        except OSError:
+            pass
+        if store_problem(self.store) is not None:
+            other += 1                                 # the subfolder itself: not provably ours
+        return other, old
+
+    def clear(self) -> Cleared:
+        """Delete the entries the cache wrote (and temporary files of runs that are gone); nothing else."""
+        done = Cleared(0, 0)
         for entry in self.entries():
-            entry.path.unlink(missing_ok=True)
-            removed += 1
-            freed += entry.bytes
-        return removed, freed
+            if entry.problem.startswith("being written"):
+                done.running += 1
+                continue
+            if safe_unlink(entry.path, self.store):      # re-checks folder, marker, name and file type
+                done.removed += 1
+                done.freed += entry.bytes
+        done.other, done.old_layout = self.others()
+        done.other -= done.old_layout
+        return done
 
     def summary(self) -> str:
         """One line for the end of a caching step: what was read, written, where, and the size."""

@@ -2,8 +2,11 @@
 and recognising a full disk.
 
 A file is either the old version or the complete new one, never half. Temporary names carry the
-writer's process id (``.latest.pt.tmp-<pid>``, ``.fetch-<pid>-…``) so that a later run can tell a
-leftover of a killed process (its pid is gone) from the work of one still running.
+writer's process id (``.latest.pt.tmp-<pid>-<random>``, ``.fetch-<pid>-…``) so that a later run can
+tell a leftover of a killed process (its pid is gone) from the work of one still running. A temporary
+file is always created new (``O_CREAT|O_EXCL|O_NOFOLLOW`` via ``tempfile.mkstemp``, mode 0600) in the
+target's own folder: a symlink or file planted under a predictable name in a shared folder is never
+written through; the finished file gets the usual umask-derived mode when it is renamed into place.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from . import TLCourseError
 
-#: ``.<name>.tmp-<pid>`` (atomic writes) and ``.fetch-<pid>-<random>`` (dataset downloads).
-_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)$|^\.fetch-(\d+)-")
+#: ``.<name>.tmp-<pid>[-<random>]`` (atomic writes) and ``.fetch-<pid>-<random>`` (dataset downloads).
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)(?:-[A-Za-z0-9_]+)?$|^\.fetch-(\d+)-")
 #: ``.fetch-<random>`` folders of tlcourse versions whose names had no pid: removed once this old.
 _LEGACY_FETCH_AGE = 24 * 3600
 #: errno values that mean "no room for this file" (ENOSPC; EDQUOT: quota; EFBIG: file-size limit).
@@ -29,28 +33,68 @@ DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 NOT_WRITABLE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: The mode a plain ``open(path, "w")`` would give a new file; finished files get it.
+FILE_MODE = 0o666 & ~_current_umask()
+
+
 def temp_name(path: Path) -> Path:
+    """The pid-tagged prefix of ``path``'s temporary files (``mkstemp`` adds a random part)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def temp_file(path: str | Path) -> tuple[int, Path]:
+    """``(fd, name)`` of a new, exclusive, mode-0600 temporary file beside ``path`` (never a symlink)."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-", suffix="")
+    return fd, Path(name)
+
+
 def atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it over.
+    """Call ``write(file_object)`` on a new temporary file next to ``path``, then rename it over.
 
     A crash or exception mid-write leaves the previous ``path`` untouched and no temp file; a
-    SIGKILL leaves ``.<name>.tmp-<pid>``, which :func:`remove_stale_temp` cleans up later.
+    SIGKILL leaves ``.<name>.tmp-<pid>-<random>``, which :func:`remove_stale_temp` cleans up later.
     """
     path = Path(path)
-    tmp = temp_name(path)
+    fd, tmp = temp_file(path)
     try:
-        with open(tmp, "wb") as fh:
+        with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
+            os.fchmod(fh.fileno(), FILE_MODE)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def link_or_copy_into_place(source: Path, path: Path) -> None:
+    """Place a hard link to (or a copy of) ``source`` at ``path`` atomically, through a fresh temporary name."""
+    fd, tmp = temp_file(path)
+    os.close(fd)
+    try:
+        try:
+            tmp.unlink()
+            os.link(source, tmp)          # fails (EEXIST) rather than follow anything planted meanwhile
+        except FileExistsError:
+            raise
+        except OSError:
+            fd, tmp = temp_file(path)
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out)
+                os.fchmod(out.fileno(), FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(obj: Any, path: str | Path) -> Path:
@@ -123,8 +167,8 @@ def ensure_writable(folder: str | Path, fix: str) -> Path:
         raise TLCourseError(f"{folder} is a file, not a folder; {fix}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = temp_name(folder / "write-test")
-        probe.write_bytes(b"")
+        fd, probe = temp_file(folder / "write-test")
+        os.close(fd)
         probe.unlink()
     except (FileExistsError, NotADirectoryError):  # a parent is a file
         raise TLCourseError(f"{folder} cannot be created: a part of the path is a file; {fix}") from None

@@ -21,7 +21,7 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from ..course import find_notebooks, parse_value, refresh_outputs
+    from ..course import check_parameter_values, find_notebooks, parse_value, refresh_outputs
     from ..course import run_course as run_all
 
     only = [o for item in args.only for o in item.split(",") if o]
@@ -29,5 +29,6 @@ def run(args) -> int:
         refresh_outputs(find_notebooks(only=only))
         return 0
     overrides = {name: parse_value(value) for name, value in args.parameter}
+    check_parameter_values(overrides)        # before anything starts: values are literals, never pasted code
     results = run_all(output=args.output, smoke=args.smoke, overrides=overrides, only=only, timeout=args.timeout)
     return 0 if all(r.status == "ok" for r in results) else 1
