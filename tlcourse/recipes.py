@@ -178,6 +178,29 @@ def _check_resume(checkpoint: dict, cfg: TrainConfig, plan: list[Phase], source)
                             "(a finished run can be fine-tuned further as a new run)")
 
 
+def _restore(optimizer, schedule: BatchSchedule, checkpoint: dict) -> None:
+    """Load the optimizer and schedule state, keeping this session's rates and decay.
+
+    The saved state holds the interrupted session's peak rates; a resume with another ``lr``
+    or ``lr_mult`` (or weight decay, momentum) must train with what this session's config, and so
+    every checkpoint it writes, records. The schedule's position is kept: the rate at the next
+    batch is the new peak times the same multiplier the uninterrupted run would use there.
+    """
+    fresh = [{k: g[k] for k in ("initial_lr", "weight_decay", "momentum") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    schedule.load_state_dict(checkpoint["scheduler"])
+    scheduler = schedule.scheduler
+    if all(g.get(k) == f[k] for g, f in zip(optimizer.param_groups, fresh) for k in f):
+        return                                              # nothing changed: bit-identical continuation
+    for group, values in zip(optimizer.param_groups, fresh):
+        group.update(values)
+    scheduler.base_lrs = [values["initial_lr"] for values in fresh]
+    lrs = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+
+
 def fine_tune(cfg: TrainConfig, *, resume: str | Path | None = None, checkpoint: dict | None = None,
               loaders: Loaders | None = None, log: Callable[[str], None] = print, in_place: bool = True):
     """Run (or resume) a fine_tune config; returns a ``RunResult`` spanning both phases.
@@ -232,8 +255,7 @@ def fine_tune(cfg: TrainConfig, *, resume: str | Path | None = None, checkpoint:
         batches = min(len(fast.train_loader), cfg.max_batches or len(fast.train_loader))
         schedule = _schedule(optimizer, cfg, phase, second, batches)
         if checkpoint is not None and phase.first <= start_epoch:   # resuming inside this phase
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            schedule.load_state_dict(checkpoint["scheduler"])
+            _restore(optimizer, schedule, checkpoint)
         if checkpoint is not None and not restored:   # once, right before the first epoch that runs
             restore_rng_state(checkpoint["rng"], loaders.train.generator)
             restored = True
