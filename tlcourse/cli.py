@@ -62,10 +62,11 @@ def describe_unexpected(exc: BaseException) -> str:
 
 
 def _tolerant_output() -> None:
-    """Print any path, even a file name that is not valid UTF-8, instead of failing with UnicodeEncodeError."""
+    """Print any path, even a file name that is not valid UTF-8, instead of failing with UnicodeEncodeError;
+    line by line even when piped, so a log file shows progress as it happens."""
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.reconfigure(errors="backslashreplace")
+            stream.reconfigure(errors="backslashreplace", line_buffering=True)
         except (AttributeError, ValueError):  # not a TextIOWrapper (a notebook, a test's capture)
             pass
 

@@ -77,8 +77,13 @@ def find_notebooks(folder: str | Path | None = None, only: list[str] | None = No
 def declared_parameters(path: Path) -> dict[str, str]:
     """``{name: default as written}`` from the notebook's cell tagged ``parameters``."""
     import papermill as pm
+    from nbformat.reader import NotJSONError
 
-    return {name: info["default"] for name, info in pm.inspect_notebook(str(path)).items()}
+    try:
+        return {name: info["default"] for name, info in pm.inspect_notebook(str(path)).items()}
+    except (NotJSONError, ValueError, KeyError, AttributeError, UnicodeDecodeError) as exc:   # half-written, not JSON
+        raise TLCourseError(f"{path} is not a readable notebook ({type(exc).__name__}); restore it, e.g. "
+                            f"git checkout -- {path}") from None
 
 
 def parse_value(text: str):

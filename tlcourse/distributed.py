@@ -679,10 +679,17 @@ def launch(worker: list[str], *, debug: bool = False, **options) -> int:
                             "(torchrun decides the processes)")
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import get_args_parser, run
 
-    argv = torchrun_arguments(worker, **options)
+    from .launch_checks import bounded_rendezvous, check_process_count, rendezvous_failure, say, waiting_line
+
     nproc = str(options.get("nproc_per_node", 1))
+    check_process_count(nproc)
+    wait = timeout_seconds()
+    argv = bounded_rendezvous(torchrun_arguments(worker, **options), wait)
+    if waiting_line(options, wait):
+        say(waiting_line(options, wait))
     if nproc.isdigit() and "OMP_NUM_THREADS" not in os.environ:
         # torchrun would set 1 with a warning; share this machine's cores between its processes instead.
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(nproc)))
@@ -704,6 +711,11 @@ def launch(worker: list[str], *, debug: bool = False, **options) -> int:
     except (KeyboardInterrupt, SignalException):
         print("interrupted", file=sys.stderr)
         return 130
+    except (dist.DistError, RendezvousError, RuntimeError) as exc:   # the rendezvous: machines that never joined
+        if waiting_line(options, wait) is None:
+            raise
+        say(rendezvous_failure(exc, options, wait))
+        return 1
     return 0
 
 

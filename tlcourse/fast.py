@@ -42,6 +42,7 @@ from .feature_cache import FeatureCache, fingerprint_module, fingerprint_samples
 from .files import megabytes
 from .freeze import trunk
 from .images import open_rgb
+from .pass_progress import pass_progress
 
 __all__ = ["FAST_MODES", "CachedForward", "CachedTensors", "CachedViews", "DecodedImages", "FastSetup", "Split",
            "cache_bytes_estimate", "choose_path", "compute_cache", "prefix_problem", "prepare", "split_model"]
@@ -236,7 +237,7 @@ def pass_workers(cfg: TrainConfig, dataset: Dataset, images: int | None = None) 
 @torch.no_grad()
 def run_passes(parts: list[tuple[str, nn.Module]], work: list[tuple[Dataset, dict[str, _Sink]]], *,
                batch_size: int = 32, device="cpu", num_workers: int = 0, channels_last: bool = False,
-               keep_rng: bool = True) -> list[torch.Tensor]:
+               keep_rng: bool = True, report: Callable[[int], None] | None = None) -> list[torch.Tensor]:
     """Run the frozen ``parts`` once over each ``(dataset, sinks)`` of ``work``, in order.
 
     Each wanted output goes to its sink; parts after a dataset's last wanted output are not
@@ -259,6 +260,7 @@ def run_passes(parts: list[tuple[str, nn.Module]], work: list[tuple[Dataset, dic
     used = parts[:max(depth) + 1]
     modes = {m: m.training for _, part in used for m in part.modules()}
     targets = [torch.empty(len(d), dtype=torch.long) for d, _ in work]
+    done = 0
     try:
         for _, part in used:
             part.eval()
@@ -273,6 +275,9 @@ def run_passes(parts: list[tuple[str, nn.Module]], work: list[tuple[Dataset, dic
                     if name in sinks:
                         sinks[name].add(at, x.to("cpu", sinks[name].dtype).contiguous())
                 targets[j][at:at + len(labels)] = torch.as_tensor(labels)
+                if report is not None:                 # a line per tenth of the images when piped
+                    done += len(labels)
+                    report(done)
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -585,7 +590,7 @@ def _run_jobs(jobs: list[_Job], model: nn.Module, cfg: TrainConfig, device: torc
         images = sum(len(job.dataset) for job, _, _ in together)
         workers = pass_workers(cfg, together[0][0].dataset, images)
         all_targets = run_passes(parts, [(job.dataset, sinks) for job, _, sinks in together],
-                                 num_workers=workers, **common)
+                                 num_workers=workers, report=pass_progress(images, cfg.progress), **common)
         for (job, keys, sinks), targets in zip(together, all_targets):
             _finish(results, job, keys, sinks, targets)
     for job, keys, sinks in (t for t in todo if t[0].stream_seed is not None):

@@ -36,6 +36,7 @@ from .device import select_device
 from .fast import _samples, compute_cache, split_model
 from .gradcam import CamResult, denormalize, grad_cam, plot_grad_cam
 from .heads import compute_loss, loss_for_model, predictions, probabilities
+from .text import plot_label
 
 __all__ = ["ClassMetrics", "Confusion", "Interpretation", "TopLoss", "cam_examples", "grad_cam", "interpret",
            "plot_grad_cam", "write_report"]
@@ -237,8 +238,9 @@ class Interpretation:
                 value = values[t, p].item()
                 ax.text(p, t, f"{value:.2f}" if normalize else str(int(value)), ha="center", va="center",
                         color="white" if value > threshold else "black", fontsize=10)
-        ax.set_xticks(range(n), self.class_names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
-        ax.set_yticks(range(n), self.class_names)
+        labels = [plot_label(name) for name in self.class_names]      # a "$" is a dollar, not mathtext
+        ax.set_xticks(range(n), labels, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+        ax.set_yticks(range(n), labels)
         ax.set(xlabel="predicted", ylabel="true",
                title=f"{'share of each true class' if normalize else 'images'}\n{self.split}: {len(self)} images, "
                      f"accuracy {self.accuracy:.3f}")
@@ -258,8 +260,8 @@ class Interpretation:
         for ax, row in zip(axes.flat, rows):
             ax.imshow(denormalize(self.image(row.index), self.mean, self.std).permute(1, 2, 0).numpy())
             colour = "green" if row.true == row.predicted else "red"
-            ax.set_title(f"{row.true} / {row.predicted}\np={row.prob:.2f} loss={row.loss:.2f}", color=colour,
-                         fontsize=9)
+            ax.set_title(f"{plot_label(row.true)} / {plot_label(row.predicted)}\n"
+                         f"p={row.prob:.2f} loss={row.loss:.2f}", color=colour, fontsize=9)
         fig.suptitle("top losses: true / predicted, probability of the prediction, loss", fontsize=10)
         fig.tight_layout()
         return fig
@@ -268,8 +270,8 @@ class Interpretation:
         cam = self.grad_cam(indices, target)
         titles = []
         for i, index in enumerate(indices):
-            true = self.class_names[int(self.targets[index])]
-            shown = self.class_names[cam.classes[i]]
+            true = plot_label(self.class_names[int(self.targets[index])])
+            shown = plot_label(self.class_names[cam.classes[i]])
             titles.append(f"true {true}, CAM of {shown}\np({shown})={cam.probs[i]:.2f}")
         return plot_grad_cam(cam, titles, ncols=ncols)
 
@@ -332,12 +334,13 @@ def _forward(model: nn.Module, dataset, device, batch_size: int, features: torch
 
 
 def interpret(source, *, data_dir: str | Path | None = None, split: str = "val", subset: int | None = None,
-              batch_size: int = 32, device: str = "auto") -> Interpretation:
+              batch_size: int = 32, device: str = "auto", k: int = 1) -> Interpretation:
     """Interpret a trained model on ``split`` of its dataset (see the module docstring).
 
     ``source``: a checkpoint path, a checkpoint dict, or a ``RunResult`` (its best_acc.pt).
     ``data_dir`` defaults to the dataset the checkpoint was trained on; ``subset`` keeps at most
-    that many images (the same class-balanced pick as training's ``subset``).
+    that many images (the same class-balanced pick as training's ``subset``). ``k``: the images
+    the caller will show; a smaller split is refused before the (possibly long) forward pass.
     """
     device = select_device(device)
     run = None
@@ -359,6 +362,9 @@ def interpret(source, *, data_dir: str | Path | None = None, split: str = "val",
         dataset = _subset(dataset, subset, config.get("seed", 0))
     if len(dataset) == 0:
         raise TLCourseError(f"split {split!r} of {resolve_data_dir(data_dir)} holds no images")
+    if k > len(dataset):
+        raise TLCourseError(f"--k {k} is larger than the {split} split ({len(dataset)} images); use --k "
+                            f"{len(dataset)} or less")
     samples = _samples(dataset)
     targets = torch.tensor([t for _, t in samples])
     model = model_from_checkpoint(checkpoint, device, source=label)

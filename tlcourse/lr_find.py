@@ -40,6 +40,9 @@ from .config import TrainConfig
 from .device import select_device
 from .heads import compute_loss, loss_for_model
 
+#: The sweep's bounds: below, weights do not move in float32; above, every loss diverges.
+LOWEST_LR, HIGHEST_LR = 1e-12, 1e4
+
 __all__ = ["LRFind", "centred_average", "lr_find", "lr_range_test", "suggest"]
 
 
@@ -163,6 +166,10 @@ def lr_range_test(model: nn.Module, train_loader, *, optimizer: torch.optim.Opti
     """
     if not 0 < start_lr < end_lr:
         raise TLCourseError(f"start_lr={start_lr} and end_lr={end_lr}: need 0 < start_lr < end_lr")
+    if start_lr < LOWEST_LR or end_lr > HIGHEST_LR:
+        raise TLCourseError(f"start_lr={start_lr:g} .. end_lr={end_lr:g} reaches outside {LOWEST_LR:g} .. "
+                            f"{HIGHEST_LR:g}, where no optimizer trains (a sweep there suggests an edge, not a rate); "
+                            "sweep e.g. start_lr=1e-7 .. end_lr=10")
     if not isinstance(steps, int) or steps < 2:
         raise TLCourseError(f"steps={steps!r} must be a whole number >= 2")
     if not 0 <= beta < 1 or diverge <= 1:
@@ -252,7 +259,12 @@ def lr_find(config: TrainConfig | None = None, *, loaders=None, model: nn.Module
     from .models import model_for
     from .optim import make_optimizer
 
-    cfg = (config or TrainConfig()).replace(**overrides).validate().resolved()
+    cfg = (config or TrainConfig()).replace(**overrides).validate()
+    if cfg.recipe == "fine_tune":   # its lr is the head phase's peak: sweep the head-only model, as fastai does
+        if cfg.progress != "none":
+            log("lr_find: recipe fine_tune's lr is the peak of its head-only phase; sweeping the head-only model")
+        cfg = cfg.replace(recipe="single", freeze="head")
+    cfg = cfg.resolved()
     device = select_device(cfg.device)
     seed_everything(cfg.seed)
     loaders = loaders or loaders_for(cfg)

@@ -26,6 +26,7 @@ from .data import draft_size, eval_transforms
 from .device import select_device
 from .heads import probabilities
 from .images import is_image_file, open_rgb
+from .text import printable
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,10 @@ def format_prediction(pred: Prediction, root: str | Path | None = None) -> str:
             shown = pred.path.resolve().relative_to(Path(root).resolve())
         except ValueError:
             pass
-    width = max(len(name) for name, _ in pred.topk)
-    lines = [f"IMAGE: {shown}", "TOPK:"]
-    lines += [f"  {i}) {name:<{width}}  p={p:.4f}" for i, (name, p) in enumerate(pred.topk, 1)]
+    names = [printable(name) for name, _ in pred.topk]      # from a checkpoint: no raw escape sequences
+    width = max(len(name) for name in names)
+    lines = [f"IMAGE: {printable(shown)}", "TOPK:"]
+    lines += [f"  {i}) {name:<{width}}  p={p:.4f}" for i, (name, (_, p)) in enumerate(zip(names, pred.topk), 1)]
     return "\n".join(lines)
 
 

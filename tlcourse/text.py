@@ -7,7 +7,7 @@ terminal escape sequences (which could recolour, hide or rewrite what a learner 
 
 from __future__ import annotations
 
-__all__ = ["plot_label", "printable"]
+__all__ = ["plot_label", "printable", "printable_lines"]
 
 
 def printable(text: object) -> str:
@@ -16,6 +16,11 @@ def printable(text: object) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def printable_lines(text: object) -> str:
+    """:func:`printable` for each line of a multi-line text (the line breaks stay)."""
+    return "\n".join(printable(line) for line in str(text).split("\n"))
 
 
 def plot_label(text: object) -> str:

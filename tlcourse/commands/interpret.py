@@ -30,21 +30,18 @@ def run(args) -> int:
 
     matplotlib.use("Agg")   # files only: no window, works without a display
 
-    from .. import TLCourseError
     from ..interpret import interpret, write_report
+    from ..text import printable, printable_lines
 
     interp = interpret(args.checkpoint, data_dir=args.data_dir, split=args.split, batch_size=args.batch_size,
-                       device=args.device)
-    if args.k > len(interp):
-        raise TLCourseError(f"--k {args.k} is larger than the {args.split} split ({len(interp)} images); "
-                            f"use --k {len(interp)} or less")
+                       device=args.device, k=args.k)      # a split smaller than --k: refused before the pass
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"interpret_{args.split}"
     files = write_report(interp, out, k=args.k, cams=min(args.cams, len(interp)))
-    print(interp.summary())
-    print(interp.per_class())
+    print(printable_lines(interp.summary()))          # class names from a checkpoint: no raw escape sequences
+    print(printable_lines(str(interp.per_class())))
     confused = interp.most_confused(3)
-    print("most confused: " + ("; ".join(f"{c.true} -> {c.predicted} ({c.count})" for c in confused)
-                               if confused else "none (every image is right)"))
+    print(printable("most confused: " + ("; ".join(f"{c.true} -> {c.predicted} ({c.count})" for c in confused)
+                                         if confused else "none (every image is right)")))
     for name, path in files.items():
         print(f"{name}: {path}")
     return 0
