@@ -50,3 +50,14 @@ def test_a_resume_with_a_new_lr_trains_at_it_and_records_it(leaves, tmp_path, mo
     expected = load_checkpoint(reference.latest_path)["optimizer"]["param_groups"]
     peaks = [g["initial_lr"] for g in latest["optimizer"]["param_groups"]]
     assert peaks == pytest.approx([g["initial_lr"] for g in expected], rel=1e-12)
+
+
+def test_a_refused_fine_tune_resume_names_the_setting_that_changed(leaves, tmp_path):
+    from tlcourse import TLCourseError
+
+    run = train(data_dir=str(leaves), output_dir=str(tmp_path), recipe="fine_tune", epochs=2, freeze_epochs=1,
+                **FAST)
+    with pytest.raises(TLCourseError, match=r"belongs to the 'all' phase; resume with the run's unfreeze='last_stage'"):
+        train(resume=run.latest_path, unfreeze="all", epochs=3)
+    with pytest.raises(TLCourseError, match=r"belongs to the 'head' phase; resume with the run's freeze_epochs=1"):
+        train(resume=run.latest_path, freeze_epochs=2, epochs=3)

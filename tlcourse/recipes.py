@@ -169,9 +169,13 @@ def _check_resume(checkpoint: dict, cfg: TrainConfig, plan: list[Phase], source)
     boundary = next((p for p in plan if p.last == epoch), None)
     expected = (inside or boundary).preset if (inside or boundary) else None
     if expected is not None and checkpoint["freeze"] != expected:
+        if saved.get("freeze_epochs") == cfg.freeze_epochs and saved.get("unfreeze") != cfg.unfreeze:
+            setting = f"unfreeze={saved.get('unfreeze')!r}"             # the phase's preset changed, not its length
+        else:
+            setting = f"freeze_epochs={saved.get('freeze_epochs')}"
         raise TLCourseError(f"{source} holds epoch {epoch} trained with freeze={checkpoint['freeze']!r}, but with "
-                            f"freeze_epochs={cfg.freeze_epochs} epoch {epoch} belongs to the {expected!r} phase; "
-                            f"resume with the run's freeze_epochs={saved.get('freeze_epochs')}")
+                            f"freeze_epochs={cfg.freeze_epochs} and unfreeze={cfg.unfreeze!r} epoch {epoch} belongs "
+                            f"to the {expected!r} phase; resume with the run's {setting}")
     if inside is not None and saved.get("epochs") != cfg.epochs:
         raise TLCourseError(f"{source} is inside the {inside.preset!r} phase, whose schedule spans epochs "
                             f"{inside.first}-{saved.get('epochs')}; resume with epochs={saved.get('epochs')} "
