@@ -293,9 +293,10 @@ def escapes(odd):
     root, best = odd
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["predict", "--checkpoint", str(best), "--image", str(root / "val/bees/img_0.png")])
+        code = main(["predict", "--checkpoint", str(best), "--image",
+                     str(root / "val" / "red\x1b[31mX\x1b[0m" / "img_0.png")])
     shown = next((line.split(")", 1)[1].split("p=")[0].strip() for line in out.getvalue().splitlines()
-                  if "red" in line), "?")
+                  if "red" in line and line.strip()[:2] in ("1)", "2)")), "?")
     return f"exit {code}: prints `{shown}`", f"raw ESC bytes in the output: {chr(27) in out.getvalue()}"
 
 
@@ -401,7 +402,7 @@ def main_table(first: int = 1) -> int:
                 got, after = case()
             except Exception as exc:   # the table must show a failure, not stop
                 got, after = f"{type(exc).__name__}: {exc} (!)", ""
-        print(f"| {n} | {name} | {short(got)} | {short(after)} |", flush=True)
+        print(f"| {n} | {name.replace('|', chr(92) + '|')} | {short(got)} | {short(after)} |", flush=True)
     print(f"\n{n - first + 1} inputs tried.", file=sys.stderr)
     shutil.rmtree(TMP, ignore_errors=True)
     return 0
