@@ -7,14 +7,22 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import pytest
-
 import math
 
+import pytest
 import torch
 
-from tlcourse.compare import (SETTINGS, compare_pair, compare_runs, mcnemar_p, paired_test, plot_strategies,
-                              strategy_row, val_correct, versus_probe)
+from tlcourse.compare import (
+    SETTINGS,
+    compare_pair,
+    compare_runs,
+    mcnemar_p,
+    paired_test,
+    plot_strategies,
+    strategy_row,
+    val_correct,
+    versus_probe,
+)
 from tlcourse.config import PRESET_DEFAULTS
 from tlcourse.engine import TrainConfig, train
 

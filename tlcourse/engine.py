@@ -102,7 +102,8 @@ class RunResult:
             if images != n:                           # validated on fewer images (max_batches)
                 return f"{acc - probe:+.4f}"
             d = round(acc * n) - round(probe * n)
-            return "level with it" if d == 0 else f"{abs(d)} image{'s' if abs(d) != 1 else ''} {'above' if d > 0 else 'below'}"
+            side = "above" if d > 0 else "below"
+            return "level with it" if d == 0 else f"{abs(d)} image{'s' if abs(d) != 1 else ''} {side}"
 
         images = int(last.get("val_images", n))
         return (f"linear probe {probe:.4f} on {n} val images; final epoch {last['val_acc']:.4f}: "
