@@ -19,6 +19,7 @@ from tlcourse.compare import (
     mcnemar_p,
     paired_test,
     plot_strategies,
+    setup_of,
     strategy_row,
     val_correct,
     versus_probe,
@@ -149,3 +150,12 @@ def test_paired_test_of_runs(two_runs):
     probe_test = versus_probe(two_runs["head"], "head")
     assert probe_test.names == ("head", "linear probe")
     assert probe_test.correct[1] == round(two_runs["head"].probe.val_acc * test.images)  # the probe, image by image
+
+
+def test_setup_says_cold_or_warm(two_runs):
+    assert setup_of(two_runs["head"]).startswith(("cold", "warm"))
+    assert setup_of(two_runs["all"]) == "none"          # the plain loop: nothing before the first epoch
+    fake = type("R", (), {"route": "images decoded once into memory (64 images)"})()
+    assert setup_of(fake).startswith("images decoded")
+    fake.route = "cached x; 2 entries read from the feature cache; 0.1 s"
+    assert setup_of(fake) == "warm: read from the feature cache"

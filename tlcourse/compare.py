@@ -25,7 +25,7 @@ from .history import best_from_history
 from .models import count_parameters
 
 __all__ = ["PairedTest", "StrategyRow", "StrategyTable", "compare_pair", "compare_runs", "mcnemar_p",
-           "paired_test", "plot_strategies", "run_settings", "strategy_row", "val_correct", "versus_probe"]
+           "paired_test", "plot_strategies", "run_settings", "setup_of", "strategy_row", "val_correct", "versus_probe"]
 
 #: The settings every row carries, in column order (``run_settings`` says how each is read).
 SETTINGS = ("epochs", "lr", "schedule", "smoothing", "augmentation", "optimizer", "batch", "image size", "seed")
@@ -44,6 +44,18 @@ def augmentation(cfg, path: str, preset: str) -> str:
         return "none (1 un-augmented cached view)" if k == 1 else f"{k} cached views (1 plain + {k - 1} augmented)"
     if path in ("plain", "decode"):
         return "fresh each epoch"
+    return "none"
+
+
+def setup_of(result) -> str:
+    """What the one-time setup before the first epoch was, from the run's route: cold or warm."""
+    route = getattr(result, "route", "") or ""
+    if "computed in" in route:
+        return "cold: backbone pass computed" + (", part read from the feature cache" if "read from" in route else "")
+    if "read from the feature cache" in route:
+        return "warm: read from the feature cache"
+    if route.startswith("images decoded"):
+        return "images decoded once (nothing frozen to cache)"
     return "none"
 
 
@@ -165,7 +177,7 @@ class StrategyTable:
                      "final val_acc: the last epoch, chosen by nothing")
         if any(r.setup_seconds for r in self.rows):
             lines.append("time: epochs + one-time setup (a backbone pass when computed, a read when the feature "
-                         "cache had it)")
+                         "cache had it, or decoding the images once)")
         return lines
 
     def to_text(self) -> str:
