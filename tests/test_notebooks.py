@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -206,6 +207,7 @@ def test_missing_dataset_stops_the_course_before_any_notebook(tmp_path, monkeypa
 def test_smoke_run_of_every_notebook(tmp_path):
     lines = []
     results = run_course(folder=ROOT / "notebooks", output=tmp_path, smoke=True, echo=lines.append)
+    check_claims(tmp_path, results, "resnet18")
     failed = [r.error for r in results if r.status != "ok"]
     assert not failed, failed
     assert [r.name for r in results] == IDS
@@ -220,23 +222,84 @@ def test_smoke_run_of_every_notebook(tmp_path):
 
 
 def test_own_images_notebooks_on_another_dataset(tmp_path, monkeypatch):
-    """03-08 with data_dir: three classes, none of them ants or bees, another image size."""
+    """03-08 with data_dir: three classes, none of them ants or bees, another image size, on MobileNetV2."""
     from conftest import make_image_folder
 
     classes = ("cherry", "oak", "willow")
     folder = make_image_folder(tmp_path / "leaves", classes=classes, per_class={"train": 10, "val": 6},
                                size=(72, 56))
     monkeypatch.setenv("TLCOURSE_CHECKPOINTS_DIR", str(tmp_path / "checkpoints"))
+    # the other architecture too (MobileNetV2, random weights): one smoke run checks both
     results = run_course(folder=ROOT / "notebooks", output=tmp_path / "out", smoke=True,
                          only=["03", "04", "05", "06", "07", "08"],
-                         overrides={"data_dir": str(folder)}, echo=lambda line: None)
+                         overrides={"data_dir": str(folder), "arch": "mobilenet_v2"}, echo=lambda line: None)
     assert [r.status for r in results] == ["ok"] * 6, [r.error for r in results]
+    check_claims(tmp_path / "out", results, "mobilenet_v2")
     assert results[4].key_result.startswith("leaves: 3 classes")
     text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
                    for name in (r.name for r in results)
                    for c in nbformat.read(tmp_path / "out" / f"{name}.ipynb", 4).cells if c.cell_type == "code"
                    for o in c.get("outputs", []))
     assert all(name in text for name in classes) and "ants" not in text and "bees" not in text
+
+
+# --------------------------------------------------------------------------- what the executed course says
+
+VERDICT = re.compile(r"\b(better|beats?|worse|winner|indistinguishable|paid)\b", re.IGNORECASE)
+
+
+def _texts(cell) -> list[str]:
+    """What a reader sees of a cell: its markdown, or its code's printed and displayed outputs."""
+    if cell.cell_type == "markdown":
+        return [cell.source]
+    out = []
+    for o in cell.get("outputs", []):
+        out.append(str(o.get("text", "")))
+        data = o.get("data", {})
+        out += [str(data.get("text/markdown", "")), str(data.get("text/plain", ""))]
+    return out
+
+
+def foreign_blocks(arch: str) -> re.Pattern:
+    """Block names of the other architectures in ``tlcourse.archs`` that ``arch``'s model does not have."""
+    from tlcourse.archs import ARCHS
+    from tlcourse.freeze import blocks
+    from tlcourse.models import build_model
+
+    own = set(blocks(build_model(arch, num_classes=2, weights=None)))
+    others = set()
+    for name in ARCHS:
+        if name != arch:
+            others |= set(blocks(build_model(name, num_classes=2, weights=None))) - own
+    words = {"classifier"} & others          # an English word too: only `classifier` in code style counts
+    names = [re.escape(n) for n in sorted(others - words, key=len, reverse=True)] + [f"`{w}`" for w in words]
+    return re.compile(r"(?<![\w.])(" + "|".join(names) + r")(?![\w])")
+
+
+def check_claims(folder: Path, results, arch: str) -> None:
+    """The executed notebooks name only blocks the model has; every verdict carries its paired test;
+    every comparison table shows each setting, as a column (it differs) or under 'same in every row'."""
+    from tlcourse.compare import SETTINGS
+
+    foreign = foreign_blocks(arch)
+    for result in results:
+        nb = nbformat.read(folder / f"{result.name}.ipynb", 4)
+        for cell in nb.cells:
+            for text in _texts(cell):
+                hit = foreign.search(text)
+                where = text[max(0, hit.start() - 80):hit.end() + 40] if hit else ""
+                assert hit is None, f"{result.name} ({arch}) names {hit.group(0)!r}: ...{where}"
+                if cell.cell_type != "code":
+                    continue
+                for line in text.splitlines():
+                    if VERDICT.search(line):
+                        assert "McNemar p =" in line, f"{result.name}: a verdict without its paired test: {line}"
+                lines = text.splitlines()
+                for i, line in enumerate(lines):
+                    if line.startswith("strategy ") and "best val_acc" in line:
+                        same = next((x for x in lines[i:] if x.startswith("same in every row:")), "")
+                        missing = [s for s in SETTINGS if s not in line and f" {s} " not in same + " "]
+                        assert not missing, f"{result.name}: the comparison table hides {missing}"
 
 
 def test_nbval_on_committed_notebooks(tmp_path):

@@ -88,14 +88,28 @@ class RunResult:
                 f"last val_acc {self.history[-1]['val_acc']:.4f}; {self.seconds:.1f}s; run folder {self.run_dir}")
 
     def versus_probe(self) -> str:
-        """One line: this run's best accuracy against the linear-probe baseline."""
+        """One line: the final and the best epoch against the linear-probe baseline, in images.
+
+        Facts, no verdict: a gap of a few images is noise, and the best epoch is chosen on the very
+        images it is scored on. ``tlcourse.compare.versus_probe`` runs the paired test.
+        """
         if self.probe is None:
             return ""
-        gap = self.best["acc"] - self.probe.val_acc
-        verdict = ("at or above the baseline" if gap >= 0 else
-                   "below the baseline: train longer, change lr, or check the data")
-        return (f"best val_acc {self.best['acc']:.4f} vs linear probe {self.probe.val_acc:.4f} "
-                f"({gap:+.4f}): {verdict}")
+        probe, n = self.probe.val_acc, self.probe.val_images
+        last = self.history[-1]
+
+        def gap(acc: float, images: int) -> str:
+            if images != n:                           # validated on fewer images (max_batches)
+                return f"{acc - probe:+.4f}"
+            d = round(acc * n) - round(probe * n)
+            side = "above" if d > 0 else "below"
+            return "level with it" if d == 0 else f"{abs(d)} image{'s' if abs(d) != 1 else ''} {side}"
+
+        images = int(last.get("val_images", n))
+        return (f"linear probe {probe:.4f} on {n} val images; final epoch {last['val_acc']:.4f}: "
+                f"{gap(last['val_acc'], images)}; best epoch ({self.best['acc_epoch']}, chosen on these same images) "
+                f"{self.best['acc']:.4f}: {gap(self.best['acc'], images)}; paired test: "
+                "tlcourse.compare.versus_probe")
 
 
 def train(config: TrainConfig | None = None, *, resume: str | Path | None = None,

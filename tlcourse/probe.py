@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.nn import functional as F
 
-__all__ = ["L2_GRID", "ProbeResult", "baseline", "fit_logistic", "linear_probe"]
+__all__ = ["L2_GRID", "ProbeResult", "baseline", "fit_logistic", "linear_probe", "probe_correct"]
 
 #: L2 strengths tried (loss = mean cross-entropy + l2 / 2 * ||W||^2, on standardised features).
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)
@@ -95,15 +95,27 @@ def _folds(y: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
     return [torch.tensor(sorted(f)) for f in folds]
 
 
+def _standardised(train_x, train_y, val_x, val_y) -> tuple[torch.Tensor, ...]:
+    """Features in float64, standardised with the training set's mean and standard deviation."""
+    train_x, val_x = train_x.double().flatten(1), val_x.double().flatten(1)
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    return (train_x - mean) / std, train_y.long(), (val_x - mean) / std, val_y.long()
+
+
+def probe_correct(data: tuple, l2: float, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(correct, targets)`` of the probe on each validation image: the final fit of
+    :func:`linear_probe` again, with its chosen ``l2``, on ``FastSetup.probe_data`` (for a paired test)."""
+    train_x, train_y, val_x, val_y = _standardised(*data[:4])
+    weight, bias = fit_logistic(train_x, train_y, num_classes, l2)
+    return (val_x @ weight + bias).argmax(1) == val_y, val_y
+
+
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, *,
                  num_classes: int | None = None, l2_grid=L2_GRID, folds: int = 3, seed: int = 0) -> ProbeResult:
     """Fit the probe on ``train_x`` (L2 by cross-validation on train) and score it on ``val_x``."""
     started = time.perf_counter()
-    train_x, val_x = train_x.double().flatten(1), val_x.double().flatten(1)
-    train_y, val_y = train_y.long(), val_y.long()
+    train_x, train_y, val_x, val_y = _standardised(train_x, train_y, val_x, val_y)
     num_classes = num_classes or int(max(train_y.max(), val_y.max())) + 1
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
     smallest = int(torch.bincount(train_y).min()) if len(train_y.unique()) == num_classes else 0
     k = min(folds, smallest)
     if k >= 2:

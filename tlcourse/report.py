@@ -82,6 +82,10 @@ class TrainableReport:
     def _repr_html_(self) -> str:
         return self.to_html()
 
+    def _repr_pretty_(self, printer, cycle) -> None:
+        """IPython's text/plain (a terminal, or a front end without HTML): the table, not the dataclass."""
+        printer.text(self.to_text())
+
     def to_html(self, summary: bool = True) -> str:
         """The table as coloured HTML, followed by the summary line unless ``summary=False``."""
         def row(cells, status):
