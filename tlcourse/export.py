@@ -241,7 +241,8 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, formats=("o
         (tmp / FILES["labels"]).write_text(json.dumps(predictor.class_names, ensure_ascii=False), encoding="utf-8")
         summary = evaluation.summary()
         manifest = {"format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "tlcourse": __version__,
-                    "versions": versions(), "checkpoint": str(checkpoint), "arch": ckpt["arch"],
+                    "versions": versions(), "checkpoint": str(Path(checkpoint).resolve()),
+                    "data_dir": str(root.resolve()), "arch": ckpt["arch"],
                     "head": ckpt["head"], "weights": ckpt.get("weights"), "epoch": ckpt["epoch"],
                     "temperature": evaluation.temperature, "threshold": evaluation.threshold.value,
                     "score": summary, "files": {}}
@@ -253,8 +254,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, formats=("o
         result.parity["onnx"] = parity(evaluation.val.logits, onnx_logits(clf, arrays))
         if "torchscript" in formats:
             export_torchscript(wrapped, tmp / FILES["torchscript"], size)
-            scripted = torch.jit.load(str(tmp / FILES["torchscript"]))
-            with torch.no_grad():
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+                scripted = torch.jit.load(str(tmp / FILES["torchscript"]))
                 ts = np.concatenate([scripted(torch.from_numpy(arrays[i:i + 32])).numpy()
                                      for i in range(0, len(arrays), 32)])
             result.parity["torchscript"] = parity(evaluation.val.logits, ts)

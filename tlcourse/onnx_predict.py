@@ -129,8 +129,9 @@ class OnnxClassifier:
         except FileNotFoundError:
             raise TLCourseError(f"image {path} does not exist") from None
         except Exception as exc:  # PIL: OSError, DecompressionBombError, SyntaxError...; ours: too large
-            raise TLCourseError(f"image {Path(path).name} cannot be read as an image "
-                                f"({' '.join(str(exc).split())[:200] or type(exc).__name__})") from None
+            from .checks import describe_load_error  # torch-free, like this module
+
+            raise TLCourseError(f"image {Path(path).name}: {describe_load_error(path, exc)}") from None
         return preprocess(image, self.pre)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
