@@ -158,7 +158,7 @@ class OnnxClassifier:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tlcourse.onnx_predict FOLDER IMAGE...``: top-3 per image, torch-free."""
+    """``python -m tlcourse.onnx_predict FOLDER IMAGE...``: one JSON line per image (top-3, unknown), torch-free."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         clf = OnnxClassifier(args[0])
         for pred in clf.predict_paths(args[1:]):
-            print(f"{pred.path}: {pred.label}  " + "  ".join(f"{n} {p:.4f}" for n, p in pred.topk))
+            print(json.dumps({"path": pred.path, "label": pred.label, "unknown": pred.unknown,
+                              "topk": pred.topk}, ensure_ascii=False))
     except TLCourseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -180,13 +180,29 @@ def check_port(host: str, port: int) -> None:
                                 "--port or stop the other server") from None
 
 
-def launch(demo, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, inline: bool | None = None,
-           block: bool = True):
-    """Serve ``demo`` on ``host:port`` (127.0.0.1 by default); ``block=False`` returns at once (tests, notebooks)."""
+def free_port(host: str = DEFAULT_HOST, start: int = DEFAULT_PORT, tries: int = 200) -> int:
+    """The first port from ``start`` on that ``host`` can bind (a notebook's demo never collides)."""
+    for port in range(start, start + tries):
+        try:
+            check_port(host, port)
+            return port
+        except TLCourseError:
+            continue
+    raise TLCourseError(f"no free port in {start}-{start + tries - 1} on {host}; pass port=...")
+
+
+def launch(demo, *, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT, inline: bool | None = None,
+           block: bool = True) -> str:
+    """Serve ``demo`` on ``host:port`` (127.0.0.1 by default; ``port=None``: the first free one from 7860).
+
+    ``block=False`` returns at once (tests, notebooks). Returns the page's URL.
+    """
+    port = free_port(host) if port is None else port
     check_port(host, port)
     allowed = sorted({str(Path(p).parent.parent) for p in getattr(demo, "tlcourse_examples", [])})
     demo.queue(default_concurrency_limit=1)
-    return demo.launch(server_name=host, server_port=port, inline=inline, prevent_thread_lock=not block,
+    demo.launch(server_name=host, server_port=port, inline=inline, prevent_thread_lock=not block,
                        quiet=True, max_file_size=MAX_UPLOAD, allowed_paths=allowed, share=False,
                        footer_links=["api"])
+    return f"http://{host}:{port}/"
 
