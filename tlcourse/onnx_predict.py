@@ -116,6 +116,8 @@ class OnnxClassifier:
             hint = " (export with --int8)" if int8 else " (export with --format onnx)"
             raise TLCourseError(f"{model} does not exist{hint}")
         options = ort.SessionOptions()
+        # No busy-waiting between calls: idle sessions must not take the CPU from other work (or timings).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
