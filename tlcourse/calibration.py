@@ -8,6 +8,7 @@ softmax of that pair is exactly the sigmoid the head was trained with.
 * ``wilson_interval``: a 95 % interval for an accuracy measured on n images. Wilson's score
   interval, not the normal approximation: it stays inside [0, 1] and keeps close to 95 %
   coverage near 100 % accuracy and on a few dozen images, where the normal one undercovers.
+* ``two_proportion_p``: whether accuracies on two different image sets (val, test) really differ.
 * ``expected_calibration_error`` / ``reliability``: confidence (top probability) against accuracy
   in equal-width bins; ECE is the image-weighted mean gap.
 * ``fit_temperature``: one number T dividing every logit, chosen on validation images to minimise
@@ -54,6 +55,19 @@ def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, fl
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def two_proportion_p(correct_a: int, n_a: int, correct_b: int, n_b: int) -> float:
+    """Two-sided p-value that two accuracies measured on *different* images differ (pooled z-test).
+
+    For two models on the *same* images use a paired test instead (``tlcourse.compare``).
+    """
+    pooled = (correct_a + correct_b) / (n_a + n_b)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    if se == 0:
+        return 1.0
+    z = abs(correct_a / n_a - correct_b / n_b) / se
+    return math.erfc(z / math.sqrt(2))
 
 
 @dataclass(frozen=True)

@@ -211,8 +211,12 @@ def int8_table(folder: Path, evaluation: Evaluation, predictor: Predictor, root:
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, *, formats=("onnx",), int8: bool = False,
                       data_dir=None, target_accuracy: float = 0.95, calibration_images: int = 64,
-                      dynamo: bool = False) -> ExportResult:
-    """Write the export folder (see the module docstring) and return its checks and numbers."""
+                      dynamo: bool = False, evaluation: Evaluation | None = None) -> ExportResult:
+    """Write the export folder (see the module docstring) and return its checks and numbers.
+
+    ``evaluation``: the checkpoint's ``evaluate_checkpoint`` result on the same data, when already
+    computed (a notebook has it); otherwise val/ and test/ are scored here.
+    """
     formats = tuple(formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -228,8 +232,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, formats=("o
     with torch.no_grad():
         single = model(torch.zeros(1, 3, size, size)).shape[1] == 1
     wrapped = LogitColumns(model, single).eval()
-    evaluation = evaluate_model(wrapped, predictor.class_names, size, root, target_accuracy=target_accuracy,
-                                checkpoint=str(checkpoint))
+    if evaluation is None or evaluation.data_dir != root or evaluation.class_names != predictor.class_names:
+        evaluation = evaluate_model(wrapped, predictor.class_names, size, root, target_accuracy=target_accuracy,
+                                    checkpoint=str(checkpoint))
     tmp = _temp_folder(output)
     try:
         norm = ckpt.get("normalization") or {}
