@@ -290,3 +290,10 @@ def test_demo_answers_and_survives_bad_files(trained, exported, tmp_path):
     top, verdict, overlay = classify(model, str(bomb))
     assert top == {} and "Cannot use this file" in verdict and "\n" not in verdict
     assert set(classify(model, str(image))[0]) == set(CLASSES)
+
+
+def test_the_dynamo_exporter_works_too(trained, tmp_path):
+    """``dynamo=True`` (torch.export route) needs onnxscript, which is not a dependency: skipped without it."""
+    pytest.importorskip("onnxscript")
+    result = export_checkpoint(trained[1], tmp_path / "dynamo", dynamo=True)
+    assert result.parity["onnx"].top1_agreement == 1.0 and result.parity["onnx"].max_abs_diff < 1e-3
