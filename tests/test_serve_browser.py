@@ -14,8 +14,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from test_ship import CLASSES, exported, png_header, trained  # noqa: F401 (module fixtures)
+
 from tlcourse.predict import list_images
 from tlcourse.serve import build_demo, free_port, launch
 

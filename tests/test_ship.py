@@ -297,3 +297,23 @@ def test_the_dynamo_exporter_works_too(trained, tmp_path):
     pytest.importorskip("onnxscript")
     result = export_checkpoint(trained[1], tmp_path / "dynamo", dynamo=True)
     assert result.parity["onnx"].top1_agreement == 1.0 and result.parity["onnx"].max_abs_diff < 1e-3
+
+
+@pytest.mark.notebooks
+def test_notebook_09_on_a_three_class_folder_with_its_own_test_split(tmp_path, monkeypatch):
+    """The learner's folder with a test/ of its own: used as it is, no ants or bees anywhere."""
+    import nbformat
+
+    from tlcourse.course import run_course
+
+    folder = make_image_folder(tmp_path / "leaves", classes=CLASSES, per_class={"train": 10, "val": 6, "test": 6},
+                               size=(72, 56), splits=("train", "val", "test"))
+    monkeypatch.setenv("TLCOURSE_CHECKPOINTS_DIR", str(tmp_path / "checkpoints"))
+    (result,) = run_course(folder=ROOT / "notebooks", output=tmp_path / "out", smoke=True, only=["09"],
+                           overrides={"data_dir": str(folder)}, echo=lambda line: None)
+    assert result.status == "ok", result.error
+    assert result.key_result.startswith("leaves: test acc") and "on 18 images" in result.key_result
+    text = "".join(str(o.get("text", "")) for c in nbformat.read(tmp_path / "out" / f"{result.name}.ipynb", 4).cells
+                   if c.cell_type == "code" for o in c.get("outputs", []))
+    assert all(name in text for name in CLASSES) and "ants" not in text and "bees" not in text
+    assert not (tmp_path / "leaves_test0.5_seed0").exists()  # its own test/ was used, nothing carved
