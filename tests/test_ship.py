@@ -289,7 +289,13 @@ def test_demo_answers_and_survives_bad_files(trained, exported, tmp_path):
     bomb.write_bytes(png_header(20_000, 20_000))  # a tiny file declaring 400 million pixels
     top, verdict, overlay = classify(model, str(bomb))
     assert top == {} and "Cannot use this file" in verdict and "\n" not in verdict
-    assert set(classify(model, str(image))[0]) == set(CLASSES)
+    again = classify(model, str(image))[0]
+    assert set(again) == set(CLASSES)
+    # serve --checkpoint: PyTorch answers, temperature and threshold fitted on the checkpoint's val/ at start
+    direct = DemoModel(checkpoint=trained[1])
+    top2, _, overlay2 = classify(direct, str(image))
+    assert max(top2, key=top2.get) == max(again, key=again.get) and overlay2 is not None
+    assert direct.temperature == pytest.approx(model.temperature) and not direct.notes
 
 
 def test_the_dynamo_exporter_works_too(trained, tmp_path):
