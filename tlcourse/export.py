@@ -184,9 +184,14 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, work: Path) -> None
 
 
 def int8_table(folder: Path, evaluation: Evaluation, predictor: Predictor, root: Path) -> list[dict]:
-    """fp32 and int8 ONNX against PyTorch eager: size, latency at batch 1 and 32, final-split accuracy."""
+    """fp32 and int8 ONNX against PyTorch eager: size, latency at batch 1 and 32, final-split accuracy.
+
+    All engines get ``torch.get_num_threads()`` threads; on a busy machine ``torch.set_num_threads(1)``
+    first gives steadier numbers (several threads waiting on each other suffer most from sharing).
+    """
     split = evaluation.final.split
-    fp32, int8 = OnnxClassifier(folder), OnnxClassifier(folder, int8=True)
+    threads = torch.get_num_threads()  # the same number of threads for every engine
+    fp32, int8 = OnnxClassifier(folder, threads=threads), OnnxClassifier(folder, int8=True, threads=threads)
     arrays, labels = split_arrays(fp32, root, split)
     batch32 = np.resize(arrays, (32, *arrays.shape[1:])).astype(np.float32)
     model = predictor.model.eval()

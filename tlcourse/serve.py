@@ -52,7 +52,10 @@ class DemoModel:
             from .predict import Predictor
 
             self.predictor = Predictor(checkpoint, device="cpu")
-        except Exception:  # no torch, or the checkpoint moved: the demo works without the overlay
+            if self.predictor.class_names != self.labels:
+                raise ValueError("the checkpoint now holds another model")
+        except Exception:  # no torch, the checkpoint moved or changed: the demo works without the overlay
+            self.predictor = None
             self.notes.append("Grad-CAM is off: it needs PyTorch and the checkpoint this export was made from "
                               f"({checkpoint}); serve --checkpoint shows it")
 
