@@ -78,8 +78,8 @@ class ExportResult:
         if not self.table:
             return "(no int8 model: export with int8=True / --int8)"
         split = self.evaluation.final.split
-        head = f"{'model':<14} {'size MB':>8} {'ms/img b=1':>11} {'ms/img b=32':>12} {split + ' acc':>9}"
-        rows = [f"{r['model']:<14} {r['size_mb']:>8.2f} {r['ms_b1']:>11.2f} {r['ms_b32']:>12.2f} {r['accuracy']:>9.4f}"
+        head = f"{'model (1 thread)':<16} {'size MB':>8} {'ms/img b=1':>11} {'ms/img b=32':>12} {split + ' acc':>9}"
+        rows = [f"{r['model']:<16} {r['size_mb']:>8.2f} {r['ms_b1']:>11.2f} {r['ms_b32']:>12.2f} {r['accuracy']:>9.4f}"
                 for r in self.table]
         return "\n".join([head, *rows])
 
@@ -183,14 +183,13 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, work: Path) -> None
     prepared.unlink()
 
 
-def int8_table(folder: Path, evaluation: Evaluation, predictor: Predictor, root: Path) -> list[dict]:
+def int8_table(folder: Path, evaluation: Evaluation, predictor: Predictor, root: Path, threads: int = 1) -> list[dict]:
     """fp32 and int8 ONNX against PyTorch eager: size, latency at batch 1 and 32, final-split accuracy.
 
-    All engines get ``torch.get_num_threads()`` threads; on a busy machine ``torch.set_num_threads(1)``
-    first gives steadier numbers (several threads waiting on each other suffer most from sharing).
+    Every engine runs on ``threads`` threads (default one: per-core numbers, steady even on a busy
+    machine, where several threads waiting on each other suffer most from sharing the cores).
     """
     split = evaluation.final.split
-    threads = torch.get_num_threads()  # the same number of threads for every engine
     fp32, int8 = OnnxClassifier(folder, threads=threads), OnnxClassifier(folder, int8=True, threads=threads)
     arrays, labels = split_arrays(fp32, root, split)
     batch32 = np.resize(arrays, (32, *arrays.shape[1:])).astype(np.float32)
@@ -206,10 +205,15 @@ def int8_table(folder: Path, evaluation: Evaluation, predictor: Predictor, root:
         acc = float((onnx_logits(clf, arrays).argmax(1) == labels).mean())
         rows.append({"model": name, "size_mb": (folder / file).stat().st_size / 1e6, "run": clf.logits,
                      "accuracy": acc})
-    for row in rows:
-        run = row.pop("run")
-        row["ms_b1"] = ms_per_image(run, arrays[:1])
-        row["ms_b32"] = ms_per_image(run, batch32, repeats=3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for row in rows:
+            run = row.pop("run")
+            row["ms_b1"] = ms_per_image(run, arrays[:1])
+            row["ms_b32"] = ms_per_image(run, batch32, repeats=3)
+    finally:
+        torch.set_num_threads(before)
     rows[0]["size_mb"] = sum(p.numel() * p.element_size() for p in model.state_dict().values()) / 1e6
     return rows
 
