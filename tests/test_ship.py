@@ -323,3 +323,13 @@ def test_notebook_09_on_a_three_class_folder_with_its_own_test_split(tmp_path, m
                    if c.cell_type == "code" for o in c.get("outputs", []))
     assert all(name in text for name in CLASSES) and "ants" not in text and "bees" not in text
     assert not (tmp_path / "leaves_test0.5_seed0").exists()  # its own test/ was used, nothing carved
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export", "serve"])
+def test_help_imports_neither_torch_nor_gradio_nor_onnxruntime(command):
+    probe = ("import sys\nfrom tlcourse.cli import main\ntry:\n    main([sys.argv[1], '--help'])\n"
+             "except SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'gradio', 'onnxruntime', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe, command], capture_output=True, text=True, env=_env(),
+                         timeout=120)
+    assert out.returncode == 0 and "usage:" in out.stdout and out.stdout.strip().endswith("[]"), out.stdout[-300:]
