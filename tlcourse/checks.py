@@ -43,6 +43,8 @@ from . import TLCourseError
 from .images import ImageTooLargeError, is_image_file, open_rgb
 
 SPLITS = ("train", "val")
+#: An optional split: held-out images scored once at the end (``tlcourse.evaluation``), checked when present.
+OPTIONAL_SPLITS = ("test",)
 SEVERITIES = ("error", "warning", "info")
 #: Files operating systems drop into folders; ignored without a warning.
 SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
@@ -458,6 +460,14 @@ def check_dataset(data_dir: str | Path, *, verify_images: bool = True,
 
     per_split = {split: check_split(root, split, check) for split in SPLITS}
     train, val = per_split["train"], per_split["val"]
+    for split in OPTIONAL_SPLITS:
+        if (root / split).exists():
+            per_split[split] = found = check_split(root, split, check)
+            if train and found and set(found) != set(train):
+                check.add("error", split, f"class folders differ between train/ and {split}/ (only in train: "
+                                          f"{', '.join(sorted(set(train) - set(found))) or '-'}; only in {split}: "
+                                          f"{', '.join(sorted(set(found) - set(train))) or '-'}); give {split}/ "
+                                          "the same class folders as train/")
     if train and val and set(train) != set(val):
         parts = []
         if set(train) - set(val):

@@ -27,6 +27,7 @@ from torchvision import datasets, transforms
 
 from . import TLCourseError
 from .checks import (
+    OPTIONAL_SPLITS,
     SPLITS,
     DatasetCheck,
     ImageLoadError,
@@ -415,8 +416,12 @@ class DatasetSummary:
                 f"<tbody>{body}</tbody></table><p>classes: {', '.join(self.class_names)}</p>")
 
 
-def summarize(data_dir: str | Path | None = None, splits: Sequence[str] = SPLITS) -> DatasetSummary:
-    """Count images per split and class folder, exactly as the loaders and ``check_dataset`` see them."""
+def summarize(data_dir: str | Path | None = None,
+              splits: Sequence[str] = (*SPLITS, *OPTIONAL_SPLITS)) -> DatasetSummary:
+    """Count images per split and class folder, exactly as the loaders and ``check_dataset`` see them.
+
+    ``test/`` is counted when the folder has one (it is optional; see ``tlcourse.evaluation``).
+    """
     root = resolve_data_dir(data_dir)
     walk = DatasetCheck(root)  # only its counts are used: problems are check_dataset's business
     for split in splits:

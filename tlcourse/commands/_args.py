@@ -39,3 +39,14 @@ def device_name(text: str) -> str:
         return check_field("device", text)
     except TLCourseError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def probability(text: str) -> float:
+    """A number in (0, 1], e.g. a target accuracy."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number such as 0.95, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
