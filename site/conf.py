@@ -8,7 +8,7 @@ works offline and from any static web server.
 
 project = "tlcourse"
 html_title = "tlcourse — transfer learning with PyTorch"
-extensions = ["myst_nb"]
+extensions = ["myst_nb", "sphinx.ext.githubpages"]  # githubpages: writes .nojekyll
 
 # The notebooks were executed by `python -m tlcourse course`; never run them again here.
 nb_execution_mode = "off"

@@ -67,7 +67,7 @@ def prepare_sources(sources: list[Path], executed: Path, src: Path, *, repo: Pat
     """Write the Sphinx source folder: landing page, README pages, one page per executed notebook."""
     import nbformat
 
-    from .site_content import md_escape, notebook_title, prepare_notebook, readme_pages, when
+    from .site_content import compress_outputs, md_escape, notebook_title, prepare_notebook, readme_pages, when
 
     repo = repo or project_root()
     if src.exists():
@@ -83,20 +83,21 @@ def prepare_sources(sources: list[Path], executed: Path, src: Path, *, repo: Pat
         if not path.exists():
             raise TLCourseError(f"{path} is missing: run `python -m tlcourse course --only {source.name[:2]}` "
                                 "(or `make site`, which runs it)")
-        shutil.copy2(path, src / DOWNLOADS / path.name)
-        nb = nbformat.read(path, as_version=4)
+        nb = compress_outputs(nbformat.read(path, as_version=4), stats)
+        nbformat.write(nb, src / DOWNLOADS / path.name)  # the executed notebook, its images as on the page
         row = rows.get(source.stem)
         title = notebook_title(nb, source.stem)
+        link = f"[{md_escape(title).replace(chr(92) + '`', '`')}](notebooks/{path.name})"
         nb = prepare_notebook(nb, row, source.stem, f"../{DOWNLOADS}/{path.name}", stats)
         nbformat.write(nb, src / "notebooks" / path.name)
         pages.append(f"notebooks/{source.stem}")
         if row:
-            table.append(f"| {{doc}}`{md_escape(title)} <notebooks/{source.stem}>` | {md_escape(row['status'])} | "
+            table.append(f"| {link} | {md_escape(row['status'])} | "
                          f"{row['seconds']:.1f} s | {md_escape(row['weights'])} | "
                          f"{md_escape(row.get('key_result') or row.get('error', ''))} | "
                          f"{when(row.get('finished', ''))} |")
         else:
-            table.append(f"| {{doc}}`{md_escape(title)} <notebooks/{source.stem}>` | not in the summary | | | | |")
+            table.append(f"| {link} | not in the summary | | | | |")
     readme = repo / "README.md"
     title, readme_md, linked = readme_pages(readme, repo)
     for page, text in readme_md.items():
@@ -147,6 +148,11 @@ def run_sphinx(src: Path, output: Path, config: Path, doctrees: Path) -> list[st
     return lines
 
 
+def site_pages(output: Path) -> list[Path]:
+    """The built pages (the theme's ``_static/*.html`` are template fragments, not pages)."""
+    return sorted(p for p in output.rglob("*.html") if "_static" not in p.relative_to(output).parts)
+
+
 def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -156,7 +162,7 @@ def largest_page(output: Path) -> tuple[str, int]:
     import re
 
     best = ("", 0)
-    for page in output.rglob("*.html"):
+    for page in site_pages(output):
         text = page.read_text(encoding="utf-8", errors="replace")
         size = len(text.encode())
         for src in set(re.findall(r'<img[^>]+src="([^"]+)"', text)):
@@ -204,5 +210,5 @@ def build_site(*, executed: Path | None = None, output: Path | None = None, sour
     shutil.rmtree(work, ignore_errors=True)
     for source_map in output.glob("_static/**/*.map"):  # the theme's debugging aids: half the site's size
         source_map.unlink()
-    return SiteReport(output, len(list(output.rglob("*.html"))), time.perf_counter() - start, folder_size(output),
+    return SiteReport(output, len(site_pages(output)), time.perf_counter() - start, folder_size(output),
                       largest_page(output), stats, warnings)

@@ -174,8 +174,23 @@ def run_box(row: dict | None, name: str, download: str) -> str:
     return f"```{{admonition}} This notebook's run\n:class: {style}\n\n" + "\n\n".join(lines) + "\n```"
 
 
+def compress_outputs(nb, stats: dict) -> object:
+    """Re-encode the notebook's PNG outputs smaller (``stats`` adds up the bytes before and after)."""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data") or {}
+            if "image/png" in data:
+                raw = base64.b64decode(data["image/png"])
+                mime, small = compress_image(raw)
+                del data["image/png"]
+                data[mime] = base64.b64encode(small).decode()
+                stats["image_bytes_before"] = stats.get("image_bytes_before", 0) + len(raw)
+                stats["image_bytes_after"] = stats.get("image_bytes_after", 0) + len(small)
+    return nb
+
+
 def prepare_notebook(nb, row: dict | None, name: str, download: str, stats: dict) -> object:
-    """The executed notebook as the site shows it: run box, widget snapshots, smaller images."""
+    """The executed notebook as the site shows it: the run box under its title, widget snapshots."""
     import nbformat
 
     box = nbformat.v4.new_markdown_cell(run_box(row, name, download))
@@ -184,20 +199,11 @@ def prepare_notebook(nb, row: dict | None, name: str, download: str, stats: dict
     state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     for cell in nb.cells:
         for out in cell.get("outputs", []):
-            data = out.get("data")
-            if not data:
-                continue
+            data = out.get("data") or {}
             if WIDGET_VIEW in data:
                 view = data.pop(WIDGET_VIEW)
                 data["text/html"] = widget_snapshot(view.get("model_id", ""), state, data.get("text/plain", ""))
                 stats["widgets"] = stats.get("widgets", 0) + 1
-            if "image/png" in data:
-                raw = base64.b64decode(data["image/png"])
-                mime, small = compress_image(raw)
-                del data["image/png"]
-                data[mime] = base64.b64encode(small).decode()
-                stats["image_bytes_before"] = stats.get("image_bytes_before", 0) + len(raw)
-                stats["image_bytes_after"] = stats.get("image_bytes_after", 0) + len(small)
     nb.metadata.pop("widgets", None)  # no saved state: MyST-NB then loads no widget JavaScript from a CDN
     return nb
 

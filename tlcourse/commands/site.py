@@ -24,6 +24,8 @@ def run(args) -> int:
     report = build_site(executed=Path(args.executed) if args.executed else None,
                         output=Path(args.output) if args.output else None,
                         run_missing=not args.no_run, smoke=args.smoke)
+    for line in report.warnings[:10]:  # Sphinx's own words: a broken reference, an unknown output type
+        print(f"warning: {line}")
     print(report.summary())
     print(f"open it: python -m http.server -d {report.output} --bind 127.0.0.1 8000  (then http://127.0.0.1:8000)")
     return 0
