@@ -79,13 +79,16 @@ def prepare_sources(sources: list[Path], executed: Path, src: Path, *, repo: Pat
     table = ["| notebook | status | run time | weights | key result | last executed |", "|---|---|---|---|---|---|"]
     pages = []
     for source in sources:
-        path = executed / source.name
+        path, row = executed / source.name, rows.get(source.stem)
+        if not path.exists() and row:  # it failed before papermill wrote anything: a row, no page
+            table.append(f"| {md_escape(source.stem)} | {md_escape(row['status'])} | | | "
+                         f"{md_escape(row.get('error', ''))} | {when(row.get('finished', ''))} |")
+            continue
         if not path.exists():
             raise TLCourseError(f"{path} is missing: run `python -m tlcourse course --only {source.name[:2]}` "
                                 "(or `make site`, which runs it)")
         nb = compress_outputs(nbformat.read(path, as_version=4), stats)
         nbformat.write(nb, src / DOWNLOADS / path.name)  # the executed notebook, its images as on the page
-        row = rows.get(source.stem)
         title = notebook_title(nb, source.stem)
         link = f"[{md_escape(title).replace(chr(92) + '`', '`')}](notebooks/{path.name})"
         nb = prepare_notebook(nb, row, source.stem, f"../{DOWNLOADS}/{path.name}", stats)
