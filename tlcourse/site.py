@@ -67,7 +67,7 @@ def prepare_sources(sources: list[Path], executed: Path, src: Path, *, repo: Pat
     """Write the Sphinx source folder: landing page, README pages, one page per executed notebook."""
     import nbformat
 
-    from .site_content import compress_outputs, md_escape, notebook_title, prepare_notebook, readme_pages, when
+    from .site_content import compress_outputs, md_escape, notebook_title, prepare_notebook, readme_pages
 
     repo = repo or project_root()
     if src.exists():
@@ -76,13 +76,13 @@ def prepare_sources(sources: list[Path], executed: Path, src: Path, *, repo: Pat
     (src / DOWNLOADS).mkdir()
     rows = {r["notebook"]: r for r in load_summary(executed)["notebooks"]}
     stats: dict = {}
-    table = ["| notebook | status | run time | weights | key result | last executed |", "|---|---|---|---|---|---|"]
+    table = ["| notebook | status | run time | weights | key result |", "|---|---|---|---|---|"]
     pages = []
     for source in sources:
         path, row = executed / source.name, rows.get(source.stem)
         if not path.exists() and row:  # it failed before papermill wrote anything: a row, no page
             table.append(f"| {md_escape(source.stem)} | {md_escape(row['status'])} | | | "
-                         f"{md_escape(row.get('error', ''))} | {when(row.get('finished', ''))} |")
+                         f"{md_escape(row.get('error', ''))} |")
             continue
         if not path.exists():
             raise TLCourseError(f"{path} is missing: run `python -m tlcourse course --only {source.name[:2]}` "
@@ -96,11 +96,10 @@ def prepare_sources(sources: list[Path], executed: Path, src: Path, *, repo: Pat
         pages.append(f"notebooks/{source.stem}")
         if row:
             table.append(f"| {link} | {md_escape(row['status'])} | "
-                         f"{row['seconds']:.1f} s | {md_escape(row['weights'])} | "
-                         f"{md_escape(row.get('key_result') or row.get('error', ''))} | "
-                         f"{when(row.get('finished', ''))} |")
+                         f"{row['seconds']:.1f}\u00a0s | {md_escape(row['weights'])} | "
+                         f"{md_escape(row.get('key_result') or row.get('error', ''))} |")
         else:
-            table.append(f"| {link} | not in the summary | | | | |")
+            table.append(f"| {link} | not in the summary | | | |")
     readme = repo / "README.md"
     title, readme_md, linked = readme_pages(readme, repo)
     for page, text in readme_md.items():
