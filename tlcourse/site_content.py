@@ -246,21 +246,25 @@ def _render_model(model_id: str, state: dict, depth: int) -> str:
 
 
 def compress_image(png: bytes) -> tuple[str, bytes]:
-    """``(mime, bytes)``: the smallest of the PNG as given, a 256-colour PNG, and (photo-like) a JPEG."""
+    """``(mime, bytes)``: a smaller encoding of a PNG output that looks the same.
+
+    Line art (plots, at most 4,096 colours) becomes a 256-colour PNG; photographs (Grad-CAM, image
+    grids) become a JPEG, since a palette would posterise them. The original wins when it is smaller.
+    """
     from PIL import Image
 
     image = Image.open(io.BytesIO(png))
     image.load()
-    alpha = image.mode in ("RGBA", "LA") or "transparency" in image.info
+    rgba = image.convert("RGBA")
+    opaque = rgba.getextrema()[3][0] == 255  # matplotlib writes RGBA even when nothing is transparent
+    rgb = rgba.convert("RGB") if opaque else rgba
     candidates = [("image/png", png)]
-    rgb = image.convert("RGBA" if alpha else "RGB")
-    quantized = rgb.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     buffer = io.BytesIO()
-    quantized.save(buffer, format="PNG", optimize=True)
-    candidates.append(("image/png", buffer.getvalue()))
-    many_colours = rgb.getcolors(maxcolors=4096) is None
-    if many_colours and not alpha:  # photographs, heatmaps: JPEG is several times smaller than any PNG
-        buffer = io.BytesIO()
+    if rgb.getcolors(maxcolors=4096) is not None:
+        rgb.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
+            buffer, format="PNG", optimize=True)
+        candidates.append(("image/png", buffer.getvalue()))
+    elif opaque:
         rgb.save(buffer, format="JPEG", quality=85, optimize=True)
         candidates.append(("image/jpeg", buffer.getvalue()))
     return min(candidates, key=lambda c: len(c[1]))
