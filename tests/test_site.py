@@ -14,6 +14,7 @@ import functools
 import http.server
 import os
 import re
+import shutil
 import threading
 import time
 from html.parser import HTMLParser
@@ -170,6 +171,18 @@ def test_site_refuses_stale_notebooks_and_a_foreign_output_folder(built, tmp_pat
     with pytest.raises(TLCourseError, match="not a site built before"):
         build_site(executed=executed, output=foreign, sources=[copy], run_missing=False)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_a_failed_build_leaves_the_last_site_as_it_was(built, tmp_path):
+    executed, site, _ = built
+    broken, output = tmp_path / "executed", tmp_path / "site"
+    shutil.copytree(executed, broken)
+    shutil.copytree(site, output)
+    (broken / NOTEBOOKS[-1].name).write_text('{"cells": [')  # a truncated notebook, newer than its source
+    with pytest.raises(TLCourseError, match=rf"{NOTEBOOKS[-1].name} is not a readable notebook.*--only"):
+        build_site(executed=broken, output=output, run_missing=False)
+    assert sorted(p.relative_to(output) for p in output.rglob("*")) == \
+        sorted(p.relative_to(site) for p in site.rglob("*"))
 
 
 def test_summary_file_keeps_rows_of_notebooks_not_run(tmp_path):

@@ -87,7 +87,12 @@ def prepare_sources(sources: list[Path], executed: Path, src: Path, *, repo: Pat
         if not path.exists():
             raise TLCourseError(f"{path} is missing: run `python -m tlcourse course --only {source.name[:2]}` "
                                 "(or `make site`, which runs it)")
-        nb = compress_outputs(nbformat.read(path, as_version=4), stats)
+        try:
+            nb = nbformat.read(path, as_version=4)
+        except Exception as exc:  # truncated or hand-edited JSON: name the file and the fix
+            raise TLCourseError(f"{path} is not a readable notebook ({type(exc).__name__}: {str(exc)[:120]}); run "
+                                f"`python -m tlcourse course --only {source.name[:2]}` again") from exc
+        nb = compress_outputs(nb, stats)
         nbformat.write(nb, src / DOWNLOADS / path.name)  # the executed notebook, its images as on the page
         title = notebook_title(nb, source.stem)
         link = f"[{md_escape(title).replace(chr(92) + '`', '`')}](notebooks/{path.name})"
@@ -205,12 +210,15 @@ def build_site(*, executed: Path | None = None, output: Path | None = None, sour
             echo(f"site: {', '.join(failed)} failed; their pages show the error")
     start = time.perf_counter()
     work = output.parent / f".{output.name}-work"
-    stats = prepare_sources(sources, executed, work / "src", repo=root)
-    if output.exists():
-        shutil.rmtree(output)
-    warnings = run_sphinx(work / "src", output, root / CONFIG_DIR, work / "doctrees")
-    shutil.rmtree(work, ignore_errors=True)
-    for source_map in output.glob("_static/**/*.map"):  # the theme's debugging aids: half the site's size
-        source_map.unlink()
+    try:
+        stats = prepare_sources(sources, executed, work / "src", repo=root)
+        warnings = run_sphinx(work / "src", work / "html", root / CONFIG_DIR, work / "doctrees")
+        for source_map in (work / "html").glob("_static/**/*.map"):  # the theme's debugging aids: half its size
+            source_map.unlink()
+        if output.exists():  # replaced only by a complete build: a failed one leaves the last site as it was
+            shutil.rmtree(output)
+        shutil.move(work / "html", output)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return SiteReport(output, len(site_pages(output)), time.perf_counter() - start, folder_size(output),
                       largest_page(output), stats, warnings)
