@@ -119,21 +119,23 @@ def prepare_sources(sources: list[Path], executed: Path, src: Path, *, repo: Pat
 
 def landing_page(title: str, readme: Path, rows: dict, sources: list[Path], table: list[str], pages: list[str],
                  linked: list[Path]) -> str:
-    from .site_content import readme_sections
+    from .site_content import README_PAGES, readme_sections
 
     _, sections = readme_sections(readme.read_text(encoding="utf-8"))
     ran = [rows[s.stem] for s in sources if s.stem in rows]
     dates = sorted(r.get("finished", "")[:10] for r in ran if r.get("finished"))
-    smoke = any(r.get("smoke") for r in ran)
+    smoke = [r["notebook"][:2] for r in ran if r.get("smoke")]
     period = (f"{dates[0]}" if dates and dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}") if dates else "?"
     run_line = (f"The pages below show the course as `python -m tlcourse course` ran it ({period}; "
                 f"{sum(r['seconds'] for r in ran):.0f} s for {len(ran)} notebooks, "
                 f"{sum(r['status'] == 'ok' for r in ran)} ok"
-                + ("; a **smoke run**: random weights, a small subset, one epoch, so its numbers teach nothing" if smoke
-                   else "") + "). Each page says which weights produced its numbers.")
+                + ("" if not smoke else "; a **smoke run**" if len(smoke) == len(ran) else
+                   f"; notebooks {', '.join(smoke)} from a **smoke run**")
+                + (": random weights, a small subset, one epoch, so those numbers teach nothing" if smoke else "")
+                + "). Each page says which weights produced its numbers.")
     two = sections.get("Two commands", "")
     toc = ["```{toctree}", ":caption: Notebooks", ":maxdepth: 1", "", *pages, "```", "",
-           "```{toctree}", ":caption: Running the course", ":maxdepth: 1", "", "offline", "performance", "scaling",
+           "```{toctree}", ":caption: Running the course", ":maxdepth: 1", "", *[page for page, _, _ in README_PAGES],
            "```"]
     if linked:
         toc += ["", "```{toctree}", ":hidden:", "", *[str(p.with_suffix("")) for p in linked], "```"]
