@@ -30,7 +30,13 @@ from tlcourse.course_summary import SUMMARY_NAME, load_summary, save_summary
 
 pytest.importorskip("myst_nb", reason="the site builder is not installed (pip install -e '.[site]')")
 from tlcourse.site import build_site, site_pages, stale_notebooks  # noqa: E402
-from tlcourse.site_content import WIDGET_STATE, WIDGET_VIEW, compress_image, readme_pages  # noqa: E402
+from tlcourse.site_content import (  # noqa: E402
+    WIDGET_STATE,
+    WIDGET_VIEW,
+    compress_image,
+    readme_pages,
+    rewrite_links,
+)
 
 # The theme and MyST-Parser still call Sphinx APIs deprecated for Sphinx 11: their noise, not ours.
 pytestmark = [pytest.mark.notebooks, pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")]
@@ -203,6 +209,11 @@ def test_readme_pages_fail_with_the_missing_section_named(tmp_path):
         readme_pages(tmp_path / "README.md", tmp_path)
     title, pages, _ = readme_pages(ROOT / "README.md", ROOT)
     assert pages["performance"].startswith("# Performance") and "](#" not in pages["scaling"]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("x")
+    text, files = rewrite_links("[a](a.md) [b](../tlcourse/x.py) [c](#c) [d](https://d.org)", {}, tmp_path, base=docs)
+    assert text == "[a](a.md) b c [d](https://d.org)" and files == [Path("docs/a.md")]
 
 
 def test_images_are_compressed_and_stay_images():

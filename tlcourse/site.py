@@ -67,7 +67,7 @@ def prepare_sources(sources: list[Path], executed: Path, src: Path, *, repo: Pat
     """Write the Sphinx source folder: landing page, README pages, one page per executed notebook."""
     import nbformat
 
-    from .site_content import compress_outputs, md_escape, notebook_title, prepare_notebook, readme_pages
+    from .site_content import compress_outputs, md_escape, notebook_title, prepare_notebook, readme_pages, rewrite_links
 
     repo = repo or project_root()
     if src.exists():
@@ -109,9 +109,11 @@ def prepare_sources(sources: list[Path], executed: Path, src: Path, *, repo: Pat
     title, readme_md, linked = readme_pages(readme, repo)
     for page, text in readme_md.items():
         (src / f"{page}.md").write_text(text, encoding="utf-8")
-    for rel in linked:
+    for rel in linked:  # docs the README pages link to; their own links to files not on the site become text
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(repo / rel, src / rel)
+        text, _ = rewrite_links((repo / rel).read_text(encoding="utf-8"), {}, repo, base=(repo / rel).parent,
+                                keep=set(linked))
+        (src / rel).write_text(text, encoding="utf-8")
     (src / "index.md").write_text(landing_page(title, readme, rows, sources, table, pages, linked), encoding="utf-8")
     stats["notebooks"] = len(pages)
     return stats

@@ -121,12 +121,15 @@ def readme_pages(readme: Path, repo: Path) -> tuple[str, dict[str, str], list[Pa
     return title, pages, sorted(set(linked))
 
 
-def rewrite_links(text: str, anchors: dict[str, str], repo: Path) -> tuple[str, list[Path]]:
+def rewrite_links(text: str, anchors: dict[str, str], repo: Path, *, base: Path | None = None,
+                  keep: set[Path] | None = None) -> tuple[str, list[Path]]:
     """Point README links at the site: anchors at their page, repository ``.md`` files kept (and copied).
 
-    Any other relative link (a file that is not on the site) keeps only its text.
+    Any other relative link (a file that is not on the site) keeps only its text. ``base`` is the
+    folder the links are relative to (default: ``repo``); ``keep`` limits the ``.md`` files kept.
     """
     files: list[Path] = []
+    root = repo.resolve()
 
     def fix(match: re.Match) -> str:
         label, target = match.groups()
@@ -135,10 +138,11 @@ def rewrite_links(text: str, anchors: dict[str, str], repo: Path) -> tuple[str, 
         if target.startswith("#"):
             page = anchors.get(target[1:])
             return f"[{label}]({page})" if page else label
-        path = (repo / target.split("#")[0]).resolve()
-        if path.suffix == ".md" and path.is_file() and repo.resolve() in path.parents:
-            files.append(path.relative_to(repo.resolve()))
-            return match.group(0)
+        path = ((base or repo) / target.split("#")[0]).resolve()
+        if path.suffix == ".md" and path.is_file() and root in path.parents:
+            if keep is None or path.relative_to(root) in keep:
+                files.append(path.relative_to(root))
+                return match.group(0)
         return label
 
     return _LINK.sub(fix, text), files
