@@ -24,11 +24,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tlcourse-installed
 ARGS   ?=
 
-.PHONY: help install data course test test-fast lint bench lab doctor clean-venv
+.PHONY: help install data course site test test-fast lint bench lab doctor clean-venv
 
 help:
 	@echo "make course   run every notebook headless into notebooks/executed/ (sets up first)"
 	@echo "make test     run the tests (sets up first)"
+	@echo "make site     build the executed course as a static website in build/site/ (runs missing notebooks first)"
 	@echo "make lab      open the course in JupyterLab (runs make doctor first)"
 	@echo "make doctor   check what the course needs (python, torch, JupyterLab, widgets, data, weights, disk)"
 	@echo "make data     download the ants/bees dataset into data/"
@@ -39,7 +40,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing tlcourse and its dependencies into $(VENV) (first time: a few minutes)"
 	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,site]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -49,6 +50,11 @@ data: install
 
 course: install
 	$(PY) -m tlcourse course $(ARGS)
+
+# The website of the executed course (Sphinx + MyST-NB, offline); notebooks whose executed copy is
+# missing or older than the source run first. Open: python -m http.server -d build/site --bind 127.0.0.1
+site: install
+	$(PY) -m tlcourse site $(ARGS)
 
 test: install
 	$(PY) -m pytest $(ARGS)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import TLCourseError
+from .course_summary import now, save_summary
 from .params import check_parameter_values, parameter_problem  # noqa: F401  (re-exported: course -p)
 from .settings import project_root
 
@@ -235,6 +236,7 @@ class Result:
     error: str = ""
     output: Path | None = None
     parameters: dict = field(default_factory=dict)
+    finished: str = field(default_factory=now)  # when it finished (UTC), for the summary file
 
 
 @contextlib.contextmanager
@@ -370,6 +372,7 @@ def run_course(*, folder: str | Path | None = None, output: str | Path | None = 
         results.append(result)
     echo("")
     echo(summary_table(results))
+    save_summary(results, output_dir, smoke=smoke)  # the same rows as a file, for `python -m tlcourse site`
     echo(f"executed notebooks: {output_dir}")
     return results
 
