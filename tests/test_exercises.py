@@ -12,10 +12,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import make_image_folder
 
-from tests.conftest import make_image_folder
 from tlcourse.course import find_notebooks
 from tlcourse.exercises import Verdict
+from tlcourse.exercises.release import learner_notebook
 
 NOTEBOOKS = find_notebooks()
 TAG = "exercise"
@@ -23,18 +24,6 @@ TAG = "exercise"
 
 def parameters_source(nb: dict) -> str:
     return next("".join(c["source"]) for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
-
-
-def learner_version(nb: dict) -> dict:
-    """The notebook as ``python -m tlcourse release`` hands it out: nbgrader's ClearSolutions, our stubs."""
-    import nbformat
-    from nbgrader.preprocessors import ClearSolutions
-
-    from tlcourse.exercises.release import CODE_STUB, TEXT_STUB
-
-    node = nbformat.reads(json.dumps(nb), as_version=4)
-    node, _ = ClearSolutions(code_stub={"python": CODE_STUB}, text_stub=TEXT_STUB).preprocess(node, {})
-    return node
 
 
 def run_exercises(nb: dict, data_dir: Path, monkeypatch) -> dict[str, Verdict]:
@@ -87,7 +76,7 @@ def test_solutions_pass_and_untouched_says_not_attempted(path, three_classes, mo
     nb = json.loads(path.read_text())
     solved = run_exercises(nb, three_classes, monkeypatch)
     assert solved and all(v.ok for v in solved.values()), {k: v.line for k, v in solved.items()}
-    untouched = run_exercises(learner_version(nb), three_classes, monkeypatch)
+    untouched = run_exercises(learner_notebook(nb), three_classes, monkeypatch)
     assert set(untouched) == set(solved)
     assert all(v.status == "not attempted" for v in untouched.values()), {k: v.line for k, v in untouched.items()}
     assert "Traceback" not in capsys.readouterr().out

@@ -6,4 +6,5 @@ nothing heavy at module level (no torch, no torchvision): building the parser fo
 """
 
 #: Command names; ``lr-find`` lives in ``lr_find.py`` (a hyphen cannot be in a module name).
-COMMANDS = ("data", "report", "train", "lr-find", "predict", "interpret", "cache", "course", "bench", "doctor")
+COMMANDS = ("data", "report", "train", "lr-find", "predict", "interpret", "cache", "course", "bench", "doctor",
+            "release", "grade")

@@ -16,6 +16,7 @@ check says "not attempted": the learner's notebooks run to the end.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -42,6 +43,18 @@ c.Execute.timeout = 1800
 '''
 
 
+def learner_notebook(nb):
+    """One notebook as the release hands it out (nbgrader's ClearSolutions with our stubs), in memory."""
+    import json
+
+    import nbformat
+    from nbgrader.preprocessors import ClearSolutions
+
+    node = nbformat.reads(json.dumps(nb), as_version=4)
+    node, _ = ClearSolutions(code_stub={"python": CODE_STUB}, text_stub=TEXT_STUB).preprocess(node, {})
+    return node
+
+
 def course_notebooks(only: list[str] | None = None) -> list[Path]:
     from ..course import find_notebooks
 
@@ -50,6 +63,8 @@ def course_notebooks(only: list[str] | None = None) -> list[Path]:
 
 def nbgrader(root: Path, *args: str) -> None:
     """Run ``nbgrader <args>`` in ``root`` with this interpreter; a failure is one error line."""
+    if importlib.util.find_spec("nbgrader") is None:
+        raise TLCourseError("nbgrader is not installed: pip install 'tlcourse[grading]' (make student installs it)")
     cmd = [sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={root}"]
     # nbgrader runs the `alembic` script of its environment when it creates the gradebook.
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
