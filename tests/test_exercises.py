@@ -80,3 +80,24 @@ def test_solutions_pass_and_untouched_says_not_attempted(path, three_classes, mo
     assert set(untouched) == set(solved)
     assert all(v.status == "not attempted" for v in untouched.values()), {k: v.line for k, v in untouched.items()}
     assert "Traceback" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] in ("03", "04", "05", "08")],
+                         ids=lambda p: p.name[:2])
+def test_solutions_pass_on_mobilenet(path, three_classes, monkeypatch):
+    """Offline, 03-08 run MobileNetV2: the exercises take their names from tlcourse.archs, not ResNet's."""
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        if "parameters" in cell["metadata"].get("tags", []):
+            cell["source"] = "".join(cell["source"]) + '\narch = "mobilenet_v2"\n'
+    solved = run_exercises(nb, three_classes, monkeypatch)
+    assert solved and all(v.ok for v in solved.values()), {k: v.line for k, v in solved.items()}
+    assert any("features." in v.message for v in solved.values()) or path.name[:2] in ("03", "05")
+
+
+def test_an_answer_of_the_wrong_type_is_a_hint_not_a_traceback():
+    from tlcourse.exercises import nb01, nb07
+
+    assert nb01.mlp_head("a head", 5).status == "not yet"
+    assert nb01.mlp_head(__import__("torch").nn.Sequential(), "many").status == "not yet"
+    assert nb07.class_counts(lambda d: {"train": 3, "val": 4}).status == "not yet"

@@ -63,6 +63,10 @@ def check(fn):
             verdict = Verdict("not attempted", str(exc) or "replace None with your answer, then run this cell again")
         except NotYet as exc:
             verdict = Verdict("not yet", str(exc))
+        except Exception as exc:  # an answer of an unexpected type or shape: a hint, never a traceback
+            text = " ".join(str(exc).split())[:160]
+            verdict = Verdict("not yet", f"the check could not use your answer ({type(exc).__name__}: {text}); "
+                                         "compare its type and shape with what the task asks for")
         if os.environ.get("NBGRADER_EXECUTION") and not verdict.ok:
             raise AssertionError(verdict.line)
         return verdict

@@ -52,7 +52,7 @@ def stage_count(count, arch: str = "resnet18", stage: str = "layer3"):
 @check
 def mlp_head(head, hand_count, in_features: int = 512, num_classes: int = 5):
     """A multi-layer head from ``in_features`` to ``num_classes`` logits, and its parameters counted by hand."""
-    require(head=head, head_params=hand_count)
+    require(mlp_head=head, mlp_params=hand_count)
     if not isinstance(head, nn.Module):
         raise NotYet(f"head must be an nn.Module (e.g. nn.Sequential(...)), got {type(head).__name__}")
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
@@ -72,6 +72,8 @@ def mlp_head(head, hand_count, in_features: int = 512, num_classes: int = 5):
         raise NotYet(f"the head outputs shape {tuple(out.shape)} for 2 images: the last Linear needs "
                      f"out_features={num_classes}, one logit per class")
     true = _params(head)
+    if not isinstance(hand_count, int | float) or isinstance(hand_count, bool):
+        raise NotYet(f"head_params must be a number, got {type(hand_count).__name__}")
     if int(hand_count) != true:
         side = "high" if hand_count > true else "low"
         raise NotYet(f"your hand count is too {side} for the head you built: a Linear(a, b) has a*b weights and "

@@ -62,12 +62,12 @@ def grad_cam_by_hand(fn, arch: str = "resnet18", image_size: int = 64):
     image[:, q:4 * q, q:4 * q] += 2.0  # a bright and a dark patch: something for the map to find
     image[:, 5 * q:8 * q, 4 * q:7 * q] -= 2.0
     layer = get_spec(arch).cam_layer
+    # one batched reference for every class: their maps differ most between classes, not only the predicted one
+    reference = _reference(model, image[None].expand(3, -1, -1, -1), [0, 1, 2], layer)
+    targets = [t for t in (2, 1, 0) if not reference.empty[t]][:2]
     corrs = []
-    for target in range(3):  # every class, not only the predicted one: their maps differ most
-        reference = _reference(model, image, target, layer)
-        if reference.empty[0]:
-            continue
-        want = reference.heatmaps[0]
+    for target in targets:
+        want = reference.heatmaps[target]
         got = run_learner(fn, model, image.clone(), target, layer, what="my_grad_cam")
         if not isinstance(got, torch.Tensor):
             raise NotYet(f"return the heatmap as a tensor, got {type(got).__name__}")
