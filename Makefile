@@ -24,7 +24,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tlcourse-installed
 ARGS   ?=
 
-.PHONY: help install data course site test test-fast lint bench lab doctor clean-venv
+.PHONY: help install data course site test test-fast lint bench lab doctor student grade clean-venv
 
 help:
 	@echo "make course   run every notebook headless into notebooks/executed/ (sets up first)"
@@ -35,6 +35,8 @@ help:
 	@echo "make data     download the ants/bees dataset into data/"
 	@echo "make bench    CPU speed benchmark (plain loop vs tlcourse's fast path)"
 	@echo "make lint     ruff (style, imports, likely bugs)"
+	@echo "make student  the learner's notebooks (no solutions) and nbgrader's grading files, in release/"
+	@echo "make grade    autograde release/submitted/<student>/tlcourse/*.ipynb with nbgrader"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +72,13 @@ bench: install
 
 doctor: install
 	$(PY) -m tlcourse doctor
+
+# Exercises (README, "Grading"): nbgrader writes the learner's version and grades submissions.
+student: install
+	$(PY) -m tlcourse release $(ARGS)
+
+grade: install
+	$(PY) -m tlcourse grade $(ARGS)
 
 # The doctor's table comes first; a FAIL row (e.g. no dataset offline) still opens JupyterLab,
 # because notebooks 01-02 need neither data nor pretrained weights.

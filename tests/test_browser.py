@@ -1,4 +1,4 @@
-"""Notebook 02's freeze panel as a learner uses it: JupyterLab in headless Chromium, real mouse clicks.
+"""Notebook 02's freeze panel and one exercise as a learner uses them: JupyterLab in headless Chromium.
 
 JupyterLab runs from this venv on a free port with a token and its own config, settings,
 workspace and runtime folders (news and update checks off, so no toast covers the page). A
@@ -7,6 +7,8 @@ weights variable: offline, the notebook falls back to random weights by itself. 
 tick and untick blocks and press presets; after each, the panel's trainable count must be the
 exact number for the ticked blocks, and the kernel's model must agree. Finally the widgets
 extension is disabled and the page reloaded: the test must see that the panel is static.
+Before that, the learner's version of the notebook (solutions removed) gets an answer typed into
+an exercise cell; running it and its check turns "not attempted" into ✓.
 
 Needs Chromium at /usr/bin/chromium (``.ci/run`` installs it with apt-get) and playwright (dev
 extras; its own browser download is never used). A failure saves a screenshot in the test's tmp
@@ -18,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,8 +27,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import nbformat
 import pytest
 
+from tlcourse.exercises.release import learner_notebook
 from tlcourse.freeze import blocks, set_trainable
 from tlcourse.models import build_model
 from tlcourse.widgets import COUNT_CLASS, PANEL_CLASS, STATIC_NOTE
@@ -166,10 +169,28 @@ def panel_is_live(page) -> bool:
     return False
 
 
+def _answer_an_exercise(page) -> None:
+    """Type an answer into the "Your turn" cell, run it and its check: "not attempted" becomes ✓."""
+    check = page.locator(".jp-CodeCell", has_text="check.count_trainable(my_count_trainable").first
+    check.locator(".jp-OutputArea-output", has_text="not attempted").wait_for(timeout=TIMEOUT_MS)
+    answer = page.locator(".jp-CodeCell", has_text="my_count_trainable = None").first
+    answer.locator(".cm-content").click()
+    page.keyboard.press("Control+End")
+    page.keyboard.press("Enter")
+    page.keyboard.insert_text("my_count_trainable = lambda model: (sum(p.numel() for p in model.parameters() "
+                              "if p.requires_grad), sum(p.numel() for p in model.parameters()))")
+    page.keyboard.press("Shift+Enter")  # runs the answer and moves to the check cell
+    _kernel_idle(page)
+    page.keyboard.press("Shift+Enter")  # runs the check
+    sync_api.expect(check.locator(".jp-OutputArea-output")).to_contain_text("✓", timeout=TIMEOUT_MS)
+    assert "right for head, last_stage and all" in check.inner_text()
+
+
 def test_freeze_panel_in_jupyterlab(tmp_path):
     scratch = tmp_path / "notebooks"
     scratch.mkdir()
-    shutil.copy(NOTEBOOK, scratch / NOTEBOOK.name)
+    # the learner's version (python -m tlcourse release): the lesson as committed, exercises without solutions
+    nbformat.write(learner_notebook(json.loads(NOTEBOOK.read_text())), scratch / NOTEBOOK.name)
     lab = Lab(tmp_path / "lab", scratch)
     start, console = time.monotonic(), []
     try:
@@ -225,6 +246,7 @@ def _drive(page, lab: Lab, console: list) -> None:
     finally:
         client.stop_channels()
     assert "Tick a block" in panel.inner_text()  # the line that says what to click
+    _answer_an_exercise(page)
 
     # without the widgets extension the same cell can only show text: detected as static
     lab.disable_widgets_extension()

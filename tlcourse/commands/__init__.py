@@ -7,4 +7,4 @@ nothing heavy at module level (no torch, no torchvision): building the parser fo
 
 #: Command names; ``lr-find`` lives in ``lr_find.py`` (a hyphen cannot be in a module name).
 COMMANDS = ("data", "report", "train", "lr-find", "predict", "interpret", "evaluate", "export", "serve",
-            "cache", "course", "site", "bench", "doctor")
+            "cache", "course", "site", "bench", "doctor", "release", "grade")
