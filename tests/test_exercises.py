@@ -18,7 +18,8 @@ from tlcourse.course import find_notebooks
 from tlcourse.exercises import Verdict
 from tlcourse.exercises.release import learner_notebook
 
-NOTEBOOKS = find_notebooks()
+# Notebooks 01-08 end with "Your turn"; 09 (Ship your model) came later and has no exercises yet.
+NOTEBOOKS = [p for p in find_notebooks() if p.name[:2] <= "08"]
 TAG = "exercise"
 
 

@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from tlcourse.course import find_notebooks
+
+# Notebooks 01-08 end with "Your turn"; 09 (Ship your model) came later, is handed out as a lesson, no points.
+EXERCISED = [p for p in find_notebooks() if p.name[:2] <= "08"]
 from tlcourse.exercises.release import ASSIGNMENT, autograde, release, score_table
 
 pytestmark = pytest.mark.notebooks
@@ -55,7 +58,7 @@ def course(tmp_path_factory) -> Path:
 
 def test_release_holds_no_solution_line(course):
     learner = course / "release" / ASSIGNMENT
-    for source in find_notebooks():
+    for source in EXERCISED:
         nb = json.loads(source.read_text())
         lines, visible = split_solutions(nb)
         # a line the learner may see anyway ("import torch", a prompt's `optimizer.zero_grad()`) proves nothing
@@ -78,8 +81,8 @@ def test_autograde_solved_and_untouched(course, hymenoptera_dir, monkeypatch):
         shutil.copytree(folder, course / "submitted" / student / ASSIGNMENT)
     scores = autograde(course)
     print(score_table(scores))
-    notebooks = {p.stem for p in find_notebooks()}
-    assert set(scores["solved"]) == set(scores["untouched"]) == notebooks
+    notebooks = {p.stem for p in EXERCISED}
+    assert notebooks <= set(scores["solved"]) and notebooks <= set(scores["untouched"])
     for name in notebooks:
         score, top = scores["solved"][name]
         assert top >= 2 and score == top, (name, scores["solved"][name])
