@@ -16,7 +16,7 @@ def run(args) -> int:
     learner = release(args.output, args.only)
     root = learner.parent.parent
     print(f"learner's notebooks (hand these out): {learner}")
-    print(f"instructor's files: {root / 'source'} (solutions, answers), {root / 'gradebook.db'}, "
+    print(f"instructor's files: {root / 'source' / learner.name} (solutions, answers), {root / 'gradebook.db'}, "
           f"{root / 'nbgrader_config.py'}")
     print(f"grade: put submissions in {root / 'submitted'}/<student>/tlcourse/, then "
           f"python -m tlcourse grade --course {args.output}")
