@@ -187,3 +187,17 @@ def test_the_one_time_pass_prints_progress_lines_when_piped(tiny_data, tmp_path)
     assert proc.returncode == 0, err[-2000:]
     assert first.startswith("caching pass: 4/24 images") and alive
     assert sum(line.startswith("caching pass:") for line in rest.splitlines()) >= 5
+
+
+def test_show_batch_shows_dollar_class_names_literally():
+    """Class names are folder names: '$' must not switch matplotlib to mathtext (an odd count crashes it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import torch
+
+    from tlcourse.plots import show_batch
+
+    fig = show_batch(torch.zeros(2, 3, 8, 8), [0, 1], ["cost$", "a$b$c"], ncols=2)
+    fig.canvas.draw()
+    assert [ax.get_title() for ax in fig.axes[:2]] == [r"cost\$", r"a\$b\$c"]

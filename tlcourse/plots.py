@@ -11,6 +11,7 @@ from .data import IMAGENET_MEAN, IMAGENET_STD
 from .history import best_from_history
 from .images import open_rgb
 from .predict import Prediction
+from .text import plot_label
 
 
 def plot_history(history: Sequence[dict], title: str = "", axes=None):
@@ -45,8 +46,8 @@ def plot_predictions(preds: Sequence[Prediction], ncols: int = 4, size: float = 
     for ax, pred in zip(axes.flat, preds):
         ax.imshow(open_rgb(pred.path))
         colour = {True: "green", False: "red", None: "black"}[pred.correct]
-        truth = f"\n(true: {pred.true_label})" if pred.correct is False else ""
-        ax.set_title(f"{pred.label} {pred.prob:.2f}{truth}", color=colour, fontsize=10)
+        truth = f"\n(true: {plot_label(pred.true_label)})" if pred.correct is False else ""
+        ax.set_title(f"{plot_label(pred.label)} {pred.prob:.2f}{truth}", color=colour, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -62,7 +63,7 @@ def show_batch(images: torch.Tensor, labels: Sequence[int], class_names: Sequenc
         ax.axis("off")
     for ax, img, label in zip(axes.flat, images, labels):
         ax.imshow((img.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0))
-        ax.set_title(class_names[int(label)], fontsize=9)
+        ax.set_title(plot_label(class_names[int(label)]), fontsize=9)
     fig.tight_layout()
     return fig
 
