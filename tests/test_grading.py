@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from tlcourse.course import find_notebooks
-
 from tlcourse.exercises.release import ASSIGNMENT, autograde, release, score_table
 
 pytestmark = pytest.mark.notebooks
