@@ -34,6 +34,7 @@ from tlcourse.site_content import (  # noqa: E402
     WIDGET_STATE,
     WIDGET_VIEW,
     compress_image,
+    prepare_notebook,
     readme_pages,
     rewrite_links,
 )
@@ -304,3 +305,17 @@ def test_search_finds_batchnorm(server, browser_page):
     results.first.wait_for(timeout=30_000)
     assert results.count() >= 1
     assert "notebooks/" in " ".join(results.locator("a").evaluate_all("els => els.map(e => e.href)"))
+
+
+def test_a_local_server_embedded_in_an_output_becomes_a_note():
+    """Notebook 09 shows its Gradio demo inline (an iframe on 127.0.0.1): the static page keeps a note, no iframe."""
+    cells = [nbformat.v4.new_markdown_cell("# Ship"), nbformat.v4.new_code_cell("launch()")]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    frame = '<div><iframe src="http://127.0.0.1:7860/" width="100%" height="500" allow="autoplay"></iframe></div>'
+    nb.cells[1].outputs = [nbformat.v4.new_output("display_data", data={"text/html": frame, "text/plain": "<HTML>"})]
+    stats = {}
+    shown = prepare_notebook(nb, None, "09_ship", "09_ship.ipynb", stats)
+    data = shown.cells[-1].outputs[0]["data"]
+    assert stats["live_servers"] == 1 and list(data) == ["text/html"]
+    assert "<iframe" not in data["text/html"] and "http://127.0.0.1:7860/" in data["text/html"]
+    assert "python -m tlcourse serve" in data["text/html"]

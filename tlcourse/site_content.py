@@ -6,6 +6,8 @@
   (``course-summary.json``): when it ran, status, run time, weights, key result, the command.
 * Saved ipywidget state becomes a static snapshot with a note that the live widget needs a
   kernel (a static site has none), instead of an empty widget box.
+* A local server's page embedded in an output (notebook 09's Gradio demo) becomes a note: the
+  server is gone when the page is read, and the site loads nothing from another host.
 * PNG outputs are re-encoded smaller (a 256-colour palette, or JPEG for photo-like images).
 """
 
@@ -30,6 +32,10 @@ README_PAGES = (
 LIVE_WIDGET_NOTE = ("This is a live widget (ipywidgets): it needs a running Python kernel, which a static page "
                     "does not have. Open the notebook in JupyterLab (<code>make lab</code>) to use it. Below is "
                     "a static snapshot of its state at the end of the course run; its controls do nothing here.")
+LIVE_SERVER_NOTE = ("A live web demo was shown here, served by the notebook's kernel at {url}. A static page has no "
+                    "server behind it: run the notebook in JupyterLab (<code>make lab</code>), or "
+                    "<code>python -m tlcourse serve --model EXPORT_FOLDER</code>, to use the demo.")
+_LOCAL_IFRAME = re.compile(r"<iframe[^>]*\bsrc=[\"']?(https?://(?:127\.0\.0\.1|localhost|\[::1\])[^\"' >]*)", re.I)
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|#{}$])")
@@ -208,6 +214,12 @@ def prepare_notebook(nb, row: dict | None, name: str, download: str, stats: dict
                 view = data.pop(WIDGET_VIEW)
                 data["text/html"] = widget_snapshot(view.get("model_id", ""), state, data.get("text/plain", ""))
                 stats["widgets"] = stats.get("widgets", 0) + 1
+            local = _LOCAL_IFRAME.search(str(data.get("text/html", "")))
+            if local:
+                data.clear()
+                note = LIVE_SERVER_NOTE.format(url=html.escape(local.group(1)))
+                data["text/html"] = f'<p class="tlcourse-widget-note">{note}</p>'
+                stats["live_servers"] = stats.get("live_servers", 0) + 1
     nb.metadata.pop("widgets", None)  # no saved state: MyST-NB then loads no widget JavaScript from a CDN
     return nb
 

@@ -60,4 +60,4 @@ def majority_rate(fn):
     if abs(got - max(val.values()) / sum(val.values())) > 1e-9:
         raise NotYet("not yet the share of the largest val class: count val images per class, divide the largest "
                      "count by all val images")
-    return "4 of 7 val images are maple: a model must beat 0.571 here, not 0.5, before it has learned anything"
+    return "4 of 7 val images are maple: a model must score above 0.571 here, not 0.5, before it has learned anything"
