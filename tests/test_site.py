@@ -34,6 +34,8 @@ from tlcourse.site_content import (  # noqa: E402
     WIDGET_STATE,
     WIDGET_VIEW,
     compress_image,
+    hide_machine_paths,
+    machine_paths,
     prepare_notebook,
     readme_pages,
     rewrite_links,
@@ -319,3 +321,17 @@ def test_a_local_server_embedded_in_an_output_becomes_a_note():
     assert stats["live_servers"] == 1 and list(data) == ["text/html"]
     assert "<iframe" not in data["text/html"] and "http://127.0.0.1:7860/" in data["text/html"]
     assert "python -m tlcourse serve" in data["text/html"]
+
+
+def test_the_machines_paths_are_not_published(tmp_path):
+    """The injected parameters and printed lines name the checkout and TLCOURSE_* folders as '.' and '$NAME'."""
+    repo, weights = tmp_path / "course", tmp_path / "share" / "weights"
+    env = {"TLCOURSE_WEIGHTS_DIR": str(weights), "TLCOURSE_DATA_MIRROR": "https://example.org/d.zip"}
+    pairs = machine_paths(repo, environ=env)
+    code = nbformat.v4.new_code_cell(f'weights = "{weights}/mobilenet_v2_imagenet_backbone.pth"')
+    code.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"run folder: {repo}/checkpoints/nb03\n")]
+    nb = nbformat.v4.new_notebook(cells=[code])
+    assert hide_machine_paths(nb, pairs) == 2
+    assert code.source == 'weights = "$TLCOURSE_WEIGHTS_DIR/mobilenet_v2_imagenet_backbone.pth"'
+    assert code.outputs[0]["text"] == "run folder: ./checkpoints/nb03\n"
+    assert all("://" not in path for path, _ in pairs)  # a mirror URL is not a path of this machine

@@ -67,9 +67,19 @@ def prepare_sources(sources: list[Path], executed: Path, src: Path, *, repo: Pat
     """Write the Sphinx source folder: landing page, README pages, one page per executed notebook."""
     import nbformat
 
-    from .site_content import compress_outputs, md_escape, notebook_title, prepare_notebook, readme_pages, rewrite_links
+    from .site_content import (
+        compress_outputs,
+        hide_machine_paths,
+        machine_paths,
+        md_escape,
+        notebook_title,
+        prepare_notebook,
+        readme_pages,
+        rewrite_links,
+    )
 
     repo = repo or project_root()
+    paths = machine_paths(repo)
     if src.exists():
         shutil.rmtree(src)
     (src / "notebooks").mkdir(parents=True)
@@ -92,6 +102,7 @@ def prepare_sources(sources: list[Path], executed: Path, src: Path, *, repo: Pat
         except Exception as exc:  # truncated or hand-edited JSON: name the file and the fix
             raise TLCourseError(f"{path} is not a readable notebook ({type(exc).__name__}: {str(exc)[:120]}); run "
                                 f"`python -m tlcourse course --only {source.name[:2]}` again") from exc
+        stats["paths_hidden"] = stats.get("paths_hidden", 0) + hide_machine_paths(nb, paths)
         nb = compress_outputs(nb, stats)
         nbformat.write(nb, src / DOWNLOADS / path.name)  # the executed notebook, its images as on the page
         title = notebook_title(nb, source.stem)

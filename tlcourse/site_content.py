@@ -8,6 +8,8 @@
   kernel (a static site has none), instead of an empty widget box.
 * A local server's page embedded in an output (notebook 09's Gradio demo) becomes a note: the
   server is gone when the page is read, and the site loads nothing from another host.
+* Paths of the machine that ran the course (the checkout, the home folder, the ``TLCOURSE_*``
+  folders) are shown as ``.``, ``~`` and ``$TLCOURSE_...``: a published site does not show them.
 * PNG outputs are re-encoded smaller (a 256-colour palette, or JPEG for photo-like images).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import re
 from pathlib import Path
 
@@ -197,6 +200,42 @@ def compress_outputs(nb, stats: dict) -> object:
                 stats["image_bytes_before"] = stats.get("image_bytes_before", 0) + len(raw)
                 stats["image_bytes_after"] = stats.get("image_bytes_after", 0) + len(small)
     return nb
+
+
+#: Folders the course reads its data, weights, cache and checkpoints from (tlcourse.settings).
+PATH_VARIABLES = ("TLCOURSE_WEIGHTS_DIR", "TLCOURSE_DATA_MIRROR", "TLCOURSE_DATA_DIR", "TLCOURSE_CACHE_DIR",
+                  "TLCOURSE_CHECKPOINTS_DIR")
+
+
+def machine_paths(repo: Path, environ=os.environ) -> list[tuple[str, str]]:
+    """(absolute path, what the site shows instead), longest first so the most specific wins."""
+    pairs = {str(Path(environ[v]).expanduser().resolve()): f"${v}" for v in PATH_VARIABLES
+             if environ.get(v) and "://" not in environ[v]}
+    pairs[str(Path(repo).resolve())] = "."
+    pairs.setdefault(str(Path.home()), "~")
+    return sorted(((k, v) for k, v in pairs.items() if len(k) > 1), key=lambda kv: len(kv[0]), reverse=True)
+
+
+def hide_machine_paths(nb, pairs: list[tuple[str, str]]) -> int:
+    """Replace the machine's paths in code and outputs; returns how many texts changed."""
+    def clean(text: str) -> str:
+        for path, shown in pairs:
+            text = text.replace(path, shown)
+        return text
+
+    changed = 0
+    for cell in nb.cells:
+        texts = [(cell, "source")]
+        for out in cell.get("outputs", []):
+            texts.append((out, "text"))
+            data = out.get("data") or {}
+            texts += [(data, key) for key in ("text/plain", "text/html", "text/markdown") if key in data]
+        for holder, key in texts:
+            value = holder.get(key)
+            if isinstance(value, str) and value != clean(value):
+                holder[key] = clean(value)
+                changed += 1
+    return changed
 
 
 def prepare_notebook(nb, row: dict | None, name: str, download: str, stats: dict) -> object:
