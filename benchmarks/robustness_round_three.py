@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from robustness_table import make_folder
+from robustness_table import cli, make_folder, shorten
 
 from tlcourse import TLCourseError
 from tlcourse import checkpoints as ck
@@ -44,23 +44,8 @@ FAST = dict(arch="resnet18", weights=None, image_size=32, batch_size=4, seed=1, 
 
 
 def short(text: str) -> str:
-    text = text.replace(str(TMP) + "/", "…/").replace(str(TMP), "…")
-    text = re.sub(r"_\d{8}-\d{6}(-\d+)?", "_TIME", text)
-    text = re.sub(r"[0-9a-f]{40}", "KEY", text)
-    text = re.sub(r"(tmp-|fetch-)\d+", r"\1PID", text)
-    text = re.sub(r"\(process \d+\)", "(process PID)", text)
-    return " ".join(text.split()).replace("|", "\\|")
+    return shorten(text, TMP)
 
-
-def cli(*argv: str) -> str:
-    """``python -m tlcourse ...`` in this process: its stderr (or stdout when stderr is empty)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:
-            code = exc.code
-    return f"exit {code}: {err.getvalue().strip() or out.getvalue().strip()}"
 
 
 def warnings_of(call) -> tuple[object, str]:

@@ -17,7 +17,6 @@ import io
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -28,12 +27,11 @@ import zlib
 from pathlib import Path
 
 from PIL import Image
-from robustness_table import make_folder
+from robustness_table import cli, make_folder, shorten
 
 from tlcourse import TLCourseError
 from tlcourse import checkpoints as ck
 from tlcourse.checks import check_dataset
-from tlcourse.cli import main
 from tlcourse.config import TrainConfig
 from tlcourse.course import run_course
 from tlcourse.data import fetch, make_loaders
@@ -48,21 +46,8 @@ TMP = Path(tempfile.mkdtemp(prefix="tlcourse-round-two-"))
 
 
 def short(text: str) -> str:
-    text = text.replace(str(TMP) + "/", "…/").replace(str(TMP), "…")
-    text = re.sub(r"_\d{8}-\d{6}(-\d+)?", "_TIME", text)
-    text = re.sub(r"(tmp-|fetch-)\d+", r"\1PID", text)
-    return " ".join(text.split()).replace("|", "\\|")
+    return shorten(text, TMP)
 
-
-def cli(*argv: str) -> str:
-    """``python -m tlcourse ...`` in this process: its stderr (or stdout when stderr is empty)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:
-            code = exc.code
-    return f"exit {code}: {err.getvalue().strip() or out.getvalue().strip()}"
 
 
 def error_of(call) -> str:

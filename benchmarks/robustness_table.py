@@ -9,7 +9,9 @@ skip warning). Temporary paths are printed as ``DATA``.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import re
 import shutil
 import sys
 import tempfile
@@ -21,6 +23,7 @@ from PIL import Image
 
 from tlcourse import TLCourseError
 from tlcourse.checks import check_dataset
+from tlcourse.cli import main as tlcourse_main
 from tlcourse.data import make_loaders
 from tlcourse.freeze import apply_freeze
 from tlcourse.heads import make_head
@@ -40,6 +43,27 @@ def make_folder(root: Path, classes=("ants", "bees"), per_class=4) -> Path:
             for i in range(per_class):  # val images differ from train ones (copies are reported)
                 noise(seed=ci * 100 + i + 50 * (split == "val")).save(root / split / cls / f"img_{i}.png")
     return root
+
+
+def shorten(text: str, tmp: Path) -> str:
+    """One table cell: temporary paths as ``…/``, time stamps, cache keys and process ids as words."""
+    text = text.replace(str(tmp) + "/", "…/").replace(str(tmp), "…")
+    text = re.sub(r"_\d{8}-\d{6}(-\d+)?", "_TIME", text)
+    text = re.sub(r"[0-9a-f]{40}", "KEY", text)
+    text = re.sub(r"(tmp-|fetch-)\d+", r"\1PID", text)
+    text = re.sub(r"\(process \d+\)", "(process PID)", text)
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def cli(*argv: str) -> str:
+    """``python -m tlcourse ...`` in this process: its stderr (or stdout when stderr is empty)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = tlcourse_main(list(argv))
+        except SystemExit as exc:
+            code = exc.code
+    return f"exit {code}: {err.getvalue().strip() or out.getvalue().strip()}"
 
 
 def jpeg(img: Image.Image, **kw) -> bytes:

@@ -63,6 +63,24 @@ def make_image_folder(root: Path, classes=("ants", "bees"), per_class: dict | in
     return root
 
 
+def interrupt_after(monkeypatch, stop_after: int, **cfg) -> None:
+    """Run ``train(**cfg)`` and press Ctrl-C right after epoch ``stop_after``'s checkpoint is saved."""
+    from tlcourse.checkpoints import CheckpointSaver
+    from tlcourse.engine import train
+
+    save = CheckpointSaver.save
+
+    def save_then_stop(self, model, *, history, **kwargs):
+        save(self, model, history=history, **kwargs)
+        if history[-1]["epoch"] == stop_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(CheckpointSaver, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(**cfg)
+    monkeypatch.setattr(CheckpointSaver, "save", save)
+
+
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     """Two classes, 6 train + 6 val images each, 40x32 px."""

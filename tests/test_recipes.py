@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import interrupt_after, make_image_folder
 
 from tlcourse import TLCourseError
-from tlcourse.checkpoints import CheckpointSaver, load_checkpoint
+from tlcourse.checkpoints import load_checkpoint
 from tlcourse.cli import main
 from tlcourse.config import TrainConfig
 from tlcourse.engine import train
@@ -91,17 +91,7 @@ def test_one_run_folder_spans_both_phases(full_run):
 def test_resume_across_phases_equals_the_uninterrupted_run(leaves, full_run, tmp_path, monkeypatch, stop_after):
     common = dict(data_dir=str(leaves), output_dir=str(tmp_path), **FULL)
     full = full_run
-    save = CheckpointSaver.save
-
-    def save_then_stop(self, model, *, history, **kwargs):
-        save(self, model, history=history, **kwargs)
-        if history[-1]["epoch"] == stop_after:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(CheckpointSaver, "save", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        train(**common)
-    monkeypatch.setattr(CheckpointSaver, "save", save)
+    interrupt_after(monkeypatch, stop_after, **common)
     (interrupted,) = list(tmp_path.iterdir())
     assert load_checkpoint(interrupted / "latest.pt")["epoch"] == stop_after
     resumed = train(resume=interrupted / "latest.pt")

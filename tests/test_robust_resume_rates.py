@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_image_folder
+from conftest import interrupt_after, make_image_folder
 
-from tlcourse.checkpoints import CheckpointSaver, load_checkpoint
+from tlcourse.checkpoints import load_checkpoint
 from tlcourse.engine import train
 
 FAST = dict(weights=None, batch_size=4, image_size=32, progress="none", augment=False, arch="resnet18", seed=5)
@@ -17,20 +17,6 @@ def leaves(tmp_path_factory):
                              per_class={"train": 4, "val": 2}, size=(36, 44))
 
 
-def _interrupt(monkeypatch, stop_after: int, **cfg):
-    save = CheckpointSaver.save
-
-    def save_then_stop(self, model, *, history, **kwargs):
-        save(self, model, history=history, **kwargs)
-        if history[-1]["epoch"] == stop_after:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(CheckpointSaver, "save", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        train(**cfg)
-    monkeypatch.setattr(CheckpointSaver, "save", save)
-
-
 @pytest.mark.parametrize("recipe, stop_after", [("fine_tune", 2), ("fine_tune", 1), ("single", 1)],
                          ids=["fine_tune_inside_phase_2", "fine_tune_inside_phase_1", "single"])
 def test_a_resume_with_a_new_lr_trains_at_it_and_records_it(leaves, tmp_path, monkeypatch, recipe, stop_after):
@@ -39,7 +25,7 @@ def test_a_resume_with_a_new_lr_trains_at_it_and_records_it(leaves, tmp_path, mo
     common = dict(data_dir=str(leaves), **FAST, **extra)
     new_lr = 4e-3
     reference = train(output_dir=str(tmp_path / "ref"), lr=new_lr, **common)   # the whole run at the new rate
-    _interrupt(monkeypatch, stop_after, output_dir=str(tmp_path / "run"), lr=1e-3, **common)
+    interrupt_after(monkeypatch, stop_after, output_dir=str(tmp_path / "run"), lr=1e-3, **common)
     (run_dir,) = (tmp_path / "run").iterdir()
     resumed = train(resume=run_dir / "latest.pt", lr=new_lr)
     after = [row["lr"] for row in resumed.history[stop_after:]]
