@@ -34,15 +34,15 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision import transforms
 
-from . import TLCourseError
-from .archs import ArchSpec, spec_of
-from .config import FAST_MODES, TrainConfig
-from .data import IMAGENET_MEAN, IMAGENET_STD, Loaders, augmentations, load_image, resize_size
-from .feature_cache import FeatureCache, fingerprint_module, fingerprint_samples
-from .files import megabytes
-from .freeze import trunk
-from .images import open_rgb
-from .pass_progress import pass_progress
+from .. import TLCourseError
+from ..archs import ArchSpec, spec_of
+from ..config import FAST_MODES, TrainConfig
+from ..data import IMAGENET_MEAN, IMAGENET_STD, Loaders, augmentations, load_image, resize_size
+from ..feature_cache import FeatureCache, fingerprint_module, fingerprint_samples
+from ..files import megabytes
+from ..freeze import trunk
+from ..images import open_rgb
+from ..pass_progress import pass_progress
 
 __all__ = ["FAST_MODES", "CachedForward", "CachedTensors", "CachedViews", "DecodedImages", "FastSetup", "Split",
            "cache_bytes_estimate", "choose_path", "compute_cache", "prefix_problem", "prepare", "split_model"]
@@ -494,7 +494,7 @@ class _Job:
 
 def _folder_samples(dataset: Dataset) -> list[tuple[str, int]] | None:
     """(path, target) of (a Subset of) tlcourse's ImageFolderRGB: images the cache can key on."""
-    from .data import ImageFolderRGB
+    from ..data import ImageFolderRGB
 
     return _samples(dataset) if isinstance(_inner(dataset), ImageFolderRGB) else None
 
