@@ -33,7 +33,7 @@ from .checkpoints import BEST_ACC, load_checkpoint, model_from_checkpoint
 from .checks import DatasetCheck, check_split
 from .data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderRGB, _subset, eval_transforms, resolve_data_dir
 from .device import select_device
-from .fast import _samples, compute_cache, split_model
+from .fast import compute_cache, samples_of, split_model
 from .gradcam import CamResult, denormalize, grad_cam, plot_grad_cam
 from .heads import compute_loss, loss_for_model, predictions, probabilities
 from .text import plot_label
@@ -310,15 +310,10 @@ def _prefix_equal(a: nn.Module, b: nn.Module) -> bool:
 def _reusable_features(run, model: nn.Module, targets: torch.Tensor) -> torch.Tensor | None:
     """The pooled validation features a ``RunResult`` trained on, if they are exactly what we need."""
     fast = getattr(run, "fast", None)
-    if fast is None or fast.name not in ("features", "views"):
+    cached = fast.pooled_val_features() if fast is not None else None
+    if cached is None or not torch.equal(cached[1], targets):
         return None
-    cached = getattr(fast.val_loader.dataset, "tensors", None)
-    cached_targets = getattr(fast.val_loader.dataset, "targets", None)
-    if cached is None or cached.dim() != 2:          # views of the last stage's inputs are not pooled features
-        return None
-    if cached_targets is None or not torch.equal(torch.as_tensor(cached_targets), targets):
-        return None
-    return cached if _prefix_equal(run.model, model) else None
+    return cached[0] if _prefix_equal(run.model, model) else None
 
 
 @torch.no_grad()
@@ -365,7 +360,7 @@ def interpret(source, *, data_dir: str | Path | None = None, split: str = "val",
     if k > len(dataset):
         raise TLCourseError(f"--k {k} is larger than the {split} split ({len(dataset)} images); use --k "
                             f"{len(dataset)} or less")
-    samples = _samples(dataset)
+    samples = samples_of(dataset)
     targets = torch.tensor([t for _, t in samples])
     model = model_from_checkpoint(checkpoint, device, source=label)
     features = _reusable_features(run, model, targets) if (run is not None and split == "val") else None

@@ -22,34 +22,38 @@ The package, one job per module: ``split`` (cutting a model, checking the prefix
 ``decode`` route), ``jobs`` (which passes a route needs, their cache keys, running them),
 ``routes`` (choosing the route; ``prepare``), ``samples`` (the images behind a dataset).
 Tuning constants are read where they are used (patch ``tlcourse.fast.routes.AUTO_MEMORY_LIMIT``, not the package).
+
+Public entry points: ``prepare`` (a route for a run: a ``FastSetup``); ``split_model`` and
+``compute_cache`` (one pass of a prefix, as ``interpret`` does); ``frozen_features`` (the probe's
+input); ``CacheJob``, ``sample_views``, ``folder_samples`` and ``run_jobs`` (filling the feature
+cache by hand, as the benchmarks do); ``samples_of``/``draft_size`` (the images behind a dataset).
 """
 
 from __future__ import annotations
 
 from ..config import FAST_MODES
 from .decoded import DecodedImages
-from .jobs import frozen_features
+from .jobs import CacheJob, frozen_features, run_jobs
 from .passes import (
     CachedTensors,
     CachedViews,
     SampleViews,
+    Sink,
     cache_bytes_estimate,
     compute_cache,
     parts_of,
     pass_workers,
     run_pass,
     run_passes,
+    sample_views,
     view_seed,
 )
 from .routes import FastSetup, choose_path, prepare
+from .samples import base_dataset, draft_size, folder_samples, samples_of
 from .split import CachedForward, Pool, Split, prefix_problem, split_model
 
-__all__ = ["FAST_MODES", "CachedForward", "CachedTensors", "CachedViews", "DecodedImages", "FastSetup", "Pool",
-           "SampleViews", "Split", "cache_bytes_estimate", "choose_path", "compute_cache", "frozen_features",
-           "parts_of", "pass_workers", "prefix_problem", "prepare", "run_pass", "run_passes", "split_model",
-           "view_seed"]
-
-# private names still imported by interpret.py and two benchmarks (replaced by public ones next)
-from .jobs import _Job, _run_jobs  # noqa: E402, F401
-from .passes import _Sink  # noqa: E402, F401
-from .samples import _draft, _folder_samples, _inner, _samples  # noqa: E402, F401
+__all__ = ["FAST_MODES", "CacheJob", "CachedForward", "CachedTensors", "CachedViews", "DecodedImages", "FastSetup",
+           "Pool", "SampleViews", "Sink", "Split", "base_dataset", "cache_bytes_estimate", "choose_path",
+           "compute_cache", "draft_size", "folder_samples", "frozen_features", "parts_of", "pass_workers",
+           "prefix_problem", "prepare", "run_jobs", "run_pass", "run_passes", "sample_views", "samples_of",
+           "split_model", "view_seed"]

@@ -19,12 +19,22 @@ from ..config import TrainConfig
 from ..data import Loaders
 from ..feature_cache import FeatureCache, fingerprint_module
 from ..pass_progress import pass_progress
-from .passes import SampleViews, _Sink, cache_bytes_estimate, parts_of, pass_workers, run_pass, run_passes, view_seed
-from .samples import _draft, _folder_samples, _inner
+from .passes import (
+    SampleViews,
+    Sink,
+    cache_bytes_estimate,
+    parts_of,
+    pass_workers,
+    run_pass,
+    run_passes,
+    sample_views,
+    view_seed,
+)
+from .samples import folder_samples
 
 
 @dataclass
-class _Job:
+class CacheJob:
     """One pass: the images of one split (one view of them), and the outputs wanted from it."""
 
     split: str                          # train | val
@@ -34,9 +44,8 @@ class _Job:
     stream_seed: int | None = None      # a dataset that is not an image folder: seed its random stream
 
 
-
-def _plan(name: str, point: str, dtype: torch.dtype, loaders: Loaders, cfg: TrainConfig,
-          probe: bool) -> list[_Job]:
+def plan_jobs(name: str, point: str, dtype: torch.dtype, loaders: Loaders, cfg: TrainConfig,
+              probe: bool) -> list[CacheJob]:
     """The passes of a cached route (and the probe's pooled features when ``probe``).
 
     With augmentation (``views``) view 0 of a training image is its un-augmented view (the
@@ -45,27 +54,24 @@ def _plan(name: str, point: str, dtype: torch.dtype, loaders: Loaders, cfg: Trai
     """
     train_set, val_set = loaders.train.dataset, loaders.val.dataset
     clean = {point: dtype} | ({"features": torch.float32} if probe else {})
-    train_samples, val_samples = _folder_samples(train_set), _folder_samples(val_set)
+    train_samples, val_samples = folder_samples(train_set), folder_samples(val_set)
 
-    def folder(samples, source: Dataset, **seeding) -> SampleViews:
-        return SampleViews(samples, _inner(source).transform, draft=_draft(source), **seeding)
-
-    val_job = _Job("val", 0, folder(val_samples, val_set) if val_samples is not None else val_set, clean)
+    val_job = CacheJob("val", 0, sample_views(val_samples, val_set) if val_samples is not None else val_set, clean)
     if name != "views":
-        train = folder(train_samples, train_set) if train_samples is not None else train_set
-        return [_Job("train", 0, train, clean), val_job]
+        train = sample_views(train_samples, train_set) if train_samples is not None else train_set
+        return [CacheJob("train", 0, train, clean), val_job]
     if train_samples is not None and val_samples is not None:
-        jobs = [_Job("train", 0, folder(train_samples, val_set), clean)]
-        jobs += [_Job("train", v, folder(train_samples, train_set, seed=cfg.seed, view=v), {point: dtype})
+        jobs = [CacheJob("train", 0, sample_views(train_samples, val_set), clean)]
+        jobs += [CacheJob("train", v, sample_views(train_samples, train_set, seed=cfg.seed, view=v), {point: dtype})
                  for v in range(1, cfg.fast_views)]
     else:   # any other dataset: K passes of its own (random) transform, each from a seeded stream
-        jobs = [_Job("train", v, train_set, {point: dtype}, stream_seed=view_seed(cfg.seed, v, -1))
+        jobs = [CacheJob("train", v, train_set, {point: dtype}, stream_seed=view_seed(cfg.seed, v, -1))
                 for v in range(cfg.fast_views)]
         val_job.outputs = {point: dtype}
     return jobs + [val_job]
 
 
-def _estimate(jobs: list[_Job], spec: ArchSpec, image_size: int) -> int:
+def estimate_bytes(jobs: list[CacheJob], spec: ArchSpec, image_size: int) -> int:
     return sum(cache_bytes_estimate(spec, len(job.dataset), image_size, out, dt)
                for job in jobs for out, dt in job.outputs.items())
 
@@ -73,9 +79,14 @@ def _estimate(jobs: list[_Job], spec: ArchSpec, image_size: int) -> int:
 _OUTPUT_NAMES = {"features": "pooled features", "layer3": "last-stage inputs"}
 
 
-def _run_jobs(jobs: list[_Job], model: nn.Module, cfg: TrainConfig, device: torch.device, cache: FeatureCache,
+def run_jobs(jobs: list[CacheJob], model: nn.Module, cfg: TrainConfig, device: torch.device, cache: FeatureCache,
               data_dir, *, stream: bool) -> tuple[dict, dict]:
-    """Run (or read from the cache) every job; ``({(split, view): ({output: tensor}, targets)}, counts)``."""
+    """Run (or read from the cache) every job; ``({(split, view): ({output: tensor}, targets, keys)}, counts)``.
+
+    Image-folder jobs are keyed in ``cache`` (and read from it when there); the rest run in one
+    pass over all images. ``stream``: entries are written as computed and come back memory-mapped.
+    ``counts``: passes run, entries read, images and seconds of the pass.
+    """
     import torchvision
 
     parts = parts_of(model)
@@ -111,7 +122,7 @@ def _run_jobs(jobs: list[_Job], model: nn.Module, cfg: TrainConfig, device: torc
                 what = (f"{spec.name} {_OUTPUT_NAMES[out]} ({str(dt).replace('torch.', '')}) | {job.split} view "
                         f"{job.view} ({kind}) | {len(job.dataset)} images | {data_dir}")
                 writer = cache.writer(keys[out], what) if keys[out] is not None else None
-                sinks[out] = _Sink(len(job.dataset), dt, writer, cache, in_memory=not (stream and writer))
+                sinks[out] = Sink(len(job.dataset), dt, writer, cache, in_memory=not (stream and writer))
             todo.append((job, keys, sinks))
     if not todo:
         return results, counts
@@ -136,7 +147,7 @@ def _run_jobs(jobs: list[_Job], model: nn.Module, cfg: TrainConfig, device: torc
     return results, counts
 
 
-def _finish(results: dict, job: _Job, keys: dict, sinks: dict, targets: torch.Tensor) -> None:
+def _finish(results: dict, job: CacheJob, keys: dict, sinks: dict, targets: torch.Tensor) -> None:
     got = results[(job.split, job.view)][0]
     for out, sink in sinks.items():
         got[out] = sink.finish(targets, keys[out])
@@ -151,14 +162,14 @@ def frozen_features(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device
     """
     device = torch.device(device)
     cache = cache if cache is not None else FeatureCache(cfg.cache_dir, enabled=cfg.cache)
-    if _folder_samples(loaders.train.dataset) is None or _folder_samples(loaders.val.dataset) is None:
+    if folder_samples(loaders.train.dataset) is None or folder_samples(loaders.val.dataset) is None:
         return None
-    jobs = _plan("views", "features", torch.float32, loaders, cfg.replace(fast_views=1), probe=True)
-    results, _ = _run_jobs(jobs, model, cfg, device, cache, loaders.data_dir, stream=False)
-    return _probe_data(results)
+    jobs = plan_jobs("views", "features", torch.float32, loaders, cfg.replace(fast_views=1), probe=True)
+    results, _ = run_jobs(jobs, model, cfg, device, cache, loaders.data_dir, stream=False)
+    return probe_inputs(results)
 
 
-def _probe_data(results: dict) -> tuple | None:
+def probe_inputs(results: dict) -> tuple | None:
     """(train features, train targets, val features, val targets, (train key, val key) or None)."""
     (train, train_y, train_keys), (val, val_y, val_keys) = results[("train", 0)], results[("val", 0)]
     if "features" not in train or "features" not in val:

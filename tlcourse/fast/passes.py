@@ -2,7 +2,7 @@
 
 This is where the time of a cached route goes: images are decoded (``SampleViews``, seeded
 per image for augmented views) and run once through the frozen parts; each wanted output
-goes to a ``_Sink``. ``CachedTensors``/``CachedViews`` are what training then reads.
+goes to a ``Sink``. ``CachedTensors``/``CachedViews`` are what training then reads.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from ..data import load_image
 from ..feature_cache import FeatureCache, fingerprint_samples
 from ..files import megabytes
 from ..freeze import trunk
+from .samples import base_dataset, draft_size
 from .split import Pool
 
 #: Largest in-memory copy the ``auto`` mode makes without being asked (decoded images, caches).
@@ -80,8 +81,25 @@ class SampleViews(Dataset):
                 "view": self.view, "seed": self.seed}
 
 
-class _Sink:
-    """Where one output of a pass goes: a tensor in memory, a cache file, or both."""
+def sample_views(samples: list[tuple[str, int]], source: Dataset, *, seed: int | None = None,
+                 view: int = 0) -> SampleViews:
+    """``samples`` read the way folder dataset ``source`` reads its images (its transform, its draft size).
+
+    ``sample_views(folder_samples(ds), ds)`` is ``ds`` itself as a cacheable dataset; with another
+    split's ``source`` the same images get that split's transform (view 0 of the training images
+    is read through the validation transform).
+    """
+    return SampleViews(samples, base_dataset(source).transform, draft=draft_size(source), seed=seed, view=view)
+
+
+class Sink:
+    """Where one output of a pass goes: a tensor in memory, a cache file, or both.
+
+    ``size`` items of ``dtype``; ``writer`` (from ``FeatureCache.writer``, or None) receives every
+    batch, and ``finish`` commits it; ``in_memory=False`` keeps nothing in memory and returns the
+    committed entry memory-mapped (needs a writer). A failed write falls back to memory or stops
+    with one line saying how to free space.
+    """
 
     def __init__(self, size: int, dtype: torch.dtype, writer, cache: FeatureCache | None, in_memory: bool):
         self.size, self.dtype, self.writer, self.cache, self.in_memory = size, dtype, writer, cache, in_memory
@@ -131,7 +149,7 @@ def pass_workers(cfg: TrainConfig, dataset: Dataset, images: int | None = None) 
 
 
 @torch.no_grad()
-def run_passes(parts: list[tuple[str, nn.Module]], work: list[tuple[Dataset, dict[str, _Sink]]], *,
+def run_passes(parts: list[tuple[str, nn.Module]], work: list[tuple[Dataset, dict[str, Sink]]], *,
                batch_size: int = 32, device="cpu", num_workers: int = 0, channels_last: bool = False,
                keep_rng: bool = True, report: Callable[[int], None] | None = None) -> list[torch.Tensor]:
     """Run the frozen ``parts`` once over each ``(dataset, sinks)`` of ``work``, in order.
@@ -180,7 +198,7 @@ def run_passes(parts: list[tuple[str, nn.Module]], work: list[tuple[Dataset, dic
     return targets
 
 
-def run_pass(parts: list[tuple[str, nn.Module]], dataset: Dataset, sinks: dict[str, _Sink], **options) -> torch.Tensor:
+def run_pass(parts: list[tuple[str, nn.Module]], dataset: Dataset, sinks: dict[str, Sink], **options) -> torch.Tensor:
     """:func:`run_passes` over one dataset; returns its targets."""
     return run_passes(parts, [(dataset, sinks)], **options)[0]
 
@@ -190,7 +208,7 @@ def compute_cache(prefix: nn.Module, dataset: Dataset, *, batch_size: int = 32, 
                   dtype: torch.dtype = torch.float32, num_workers: int = 0,
                   channels_last: bool = False, keep_rng: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``prefix`` once over ``dataset`` in order; return (outputs as ``dtype``, targets), in memory."""
-    sink = _Sink(len(dataset), dtype, None, None, True)
+    sink = Sink(len(dataset), dtype, None, None, True)
     targets = run_pass([("out", prefix)], dataset, {"out": sink}, batch_size=batch_size, device=device,
                        num_workers=num_workers, channels_last=channels_last, keep_rng=keep_rng)
     return sink.finish(targets, None), targets

@@ -21,9 +21,9 @@ from ..data import Loaders, resize_size
 from ..feature_cache import FeatureCache
 from ..files import megabytes
 from .decoded import DecodedImages
-from .jobs import _estimate, _plan, _probe_data, _run_jobs, frozen_features
+from .jobs import estimate_bytes, frozen_features, plan_jobs, probe_inputs, run_jobs
 from .passes import AUTO_MEMORY_LIMIT, CachedTensors, CachedViews, SampleViews
-from .samples import _draft, _inner, _is_random, _samples
+from .samples import base_dataset, draft_size, is_random_transform, samples_of
 from .split import CachedForward, prefix_problem, split_model
 
 
@@ -43,6 +43,19 @@ class FastSetup:
     probe_data: tuple | None = None
     cache_line: str = ""                # what the feature cache did, in one line
 
+    def pooled_val_features(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(pooled features, targets) of the validation images this route trained on, or None.
+
+        Only the ``features`` and ``views`` (of pooled features) routes hold them; ``interpret``
+        reuses them instead of running the backbone again.
+        """
+        if self.name not in ("features", "views"):
+            return None
+        dataset = self.val_loader.dataset
+        tensors, targets = getattr(dataset, "tensors", None), getattr(dataset, "targets", None)
+        if tensors is None or targets is None or tensors.dim() != 2:   # last-stage inputs are not pooled
+            return None
+        return tensors, torch.as_tensor(targets)
 
 
 def _loader_like(template: DataLoader, dataset: Dataset, *, shuffle: bool, num_workers: int = 0) -> DataLoader:
@@ -56,11 +69,11 @@ def choose_path(model: nn.Module, cfg: TrainConfig, train_dataset: Dataset) -> t
     """(path, cut point or None, reason) for a config; raises if a forced path is impossible."""
     cfg = cfg.resolved()
     fast, freeze = cfg.fast, cfg.freeze
-    augmented = cfg.augment or _is_random(getattr(_inner(train_dataset), "transform", None))
+    augmented = cfg.augment or is_random_transform(getattr(base_dataset(train_dataset), "transform", None))
     if fast == "off":
         return "plain", None, "fast='off'"
     if fast == "decode":
-        if _samples(train_dataset) is None:
+        if samples_of(train_dataset) is None:
             raise TLCourseError("fast='decode' needs an ImageFolder dataset (with .samples); use fast='off'")
         return "decode", None, "asked for"
     if fast in ("features", "layer3"):
@@ -75,7 +88,7 @@ def choose_path(model: nn.Module, cfg: TrainConfig, train_dataset: Dataset) -> t
     # auto: cache only where it is exactly what the plain loop computes (or the user asked for views)
     point = {"head": "features", "last_stage": "layer3"}.get(freeze)
     if point is None:
-        if not augmented and _samples(train_dataset) is not None:
+        if not augmented and samples_of(train_dataset) is not None:
             return "decode", None, "nothing is frozen, but the images never change: decode them once"
         return "plain", None, "every layer learns and the images change each epoch, so nothing can be cached"
     problem = prefix_problem(split_model(model, point).prefix)
@@ -88,7 +101,6 @@ def choose_path(model: nn.Module, cfg: TrainConfig, train_dataset: Dataset) -> t
                                "again (set fast_views=K to cache K augmented views, or augment=False)")
     exact = "exact" if point == "features" or cfg.fast_dtype == "float32" else "exact up to fp16 rounding"
     return point, point, f"frozen prefix and no augmentation: caching is {exact}"
-
 
 
 def _at_once(work: Callable):
@@ -127,14 +139,14 @@ def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
         return plain(f"plain loop (the whole network runs on every batch: {reason})")
 
     if name == "decode":
-        augmented = cfg.augment or _is_random(getattr(_inner(train_set), "transform", None))
+        augmented = cfg.augment or is_random_transform(getattr(base_dataset(train_set), "transform", None))
         size = loaders.image_size
-        samples = {s: _samples(d) for s, d in (("train", train_set), ("val", val_set))}
+        samples = {s: samples_of(d) for s, d in (("train", train_set), ("val", val_set))}
         estimate = sum(len(v) for v in samples.values()) * 3 * resize_size(size) ** 2 * (2 if augmented else 1)
         if cfg.fast == "auto" and estimate > AUTO_MEMORY_LIMIT:
             return plain(f"plain loop (decoding all images would take ~{megabytes(estimate)} of memory)")
-        train_d = decode(samples["train"], size, augment=augmented, draft=_draft(train_set))
-        val_d = decode(samples["val"], size, augment=False, draft=_draft(val_set))
+        train_d = decode(samples["train"], size, augment=augmented, draft=draft_size(train_set))
+        val_d = decode(samples["val"], size, augment=False, draft=draft_size(val_set))
         seconds = time.perf_counter() - started
         total = len(train_d) + len(val_d)
         setup = FastSetup("decode", f"images decoded once into memory ({total} images, "
@@ -147,8 +159,8 @@ def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
 
     split = split_model(model, point)
     dtype = torch.float16 if (point == "layer3" and cfg.fast_dtype == "float16") else torch.float32
-    jobs = _plan(name, point, dtype, loaders, cfg, probe)
-    estimate = _estimate(jobs, spec_of(model), loaders.image_size)
+    jobs = plan_jobs(name, point, dtype, loaders, cfg, probe)
+    estimate = estimate_bytes(jobs, spec_of(model), loaders.image_size)
     stream = False
     if estimate > AUTO_MEMORY_LIMIT:
         if cache.writable and all(isinstance(job.dataset, SampleViews) for job in jobs):
@@ -156,7 +168,7 @@ def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
         elif cfg.fast == "auto":
             return plain(f"plain loop (caching {split.point} would take ~{megabytes(estimate)} of memory, over the "
                          f"{megabytes(AUTO_MEMORY_LIMIT)} limit of fast='auto', and the feature cache is off)")
-    results, counts = first(lambda: _run_jobs(jobs, model, cfg, device, cache, loaders.data_dir, stream=stream))
+    results, counts = first(lambda: run_jobs(jobs, model, cfg, device, cache, loaders.data_dir, stream=stream))
     (train_out, train_y, _), (val_out, val_y, _) = results[("train", 0)], results[("val", 0)]
     if name == "views":
         views = [results[("train", v)][0][point] for v in range(cfg.fast_views)]
@@ -192,7 +204,7 @@ def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
                       _loader_like(loaders.train, train_d, shuffle=True),
                       _loader_like(loaders.val, CachedTensors(val_x, val_y), shuffle=False),
                       CachedForward(split.suffix), cache_bytes, seconds,
-                      probe_data=_probe_data(results) if probe else None, cache_line=cache.summary())
+                      probe_data=probe_inputs(results) if probe else None, cache_line=cache.summary())
     log(f"fast path: {description}")
     log(setup.cache_line)
     return setup
