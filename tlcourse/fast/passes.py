@@ -27,7 +27,8 @@ from ..freeze import trunk
 from .samples import base_dataset, draft_size
 from .split import Pool
 
-#: Largest in-memory copy the ``auto`` mode makes without being asked (decoded images, caches).
+#: Largest in-memory copy the ``auto`` mode makes without being asked (decoded images, caches);
+#: ``prepare`` reads it as ``tlcourse.fast.routes.AUTO_MEMORY_LIMIT`` (patch it there), ``Sink`` names it.
 AUTO_MEMORY_LIMIT = 2 * 1024**3
 #: A caching pass over fewer images runs in the main process: starting workers would cost more.
 MIN_IMAGES_FOR_WORKERS = 256
