@@ -27,7 +27,7 @@ from benchmarks.generated_folders import generate
 from tlcourse.config import TrainConfig
 from tlcourse.data import make_loaders
 from tlcourse.engine import train
-from tlcourse.fast import SampleViews, _draft, _folder_samples, _inner, _Sink, parts_of, pass_workers, run_pass
+from tlcourse.fast import Sink, folder_samples, parts_of, pass_workers, run_pass, sample_views
 from tlcourse.feature_cache import FeatureCache
 from tlcourse.freeze import apply_freeze
 from tlcourse.models import build_model, find_local_weights
@@ -45,8 +45,8 @@ def throughput(data_dir: Path, weights: str, images: int, batch_size: int, cache
     model = apply_freeze(build_model(ARCH, len(loaders.class_names), weights=weights), "head")
     parts = parts_of(model)
     dataset = loaders.train.dataset
-    samples = _folder_samples(dataset)[:images]
-    views = SampleViews(samples, _inner(dataset).transform, draft=_draft(dataset))
+    samples = folder_samples(dataset)[:images]
+    views = sample_views(samples, dataset)
     workers = pass_workers(TrainConfig(batch_size=batch_size), views)
     batches = [torch.stack([views[i][0] for i in range(s, min(s + batch_size, len(views)))])
                for s in range(0, len(views), batch_size)]          # decoded beforehand, not timed
@@ -64,7 +64,7 @@ def throughput(data_dir: Path, weights: str, images: int, batch_size: int, cache
     before = forward_only()
     cache = FeatureCache(cache_dir)                                # the pass as train() runs it
     writer = cache.writer({"benchmark": "throughput", "images": len(samples)}, "throughput benchmark")
-    sink = _Sink(len(samples), torch.float32, writer, cache, True)
+    sink = Sink(len(samples), torch.float32, writer, cache, True)
     started = time.perf_counter()
     targets = run_pass(parts, views, {"features": sink}, batch_size=batch_size, num_workers=workers)
     sink.finish(targets, None)

@@ -32,7 +32,7 @@ from tlcourse import checkpoints  # noqa: E402
 from tlcourse.config import TrainConfig  # noqa: E402
 from tlcourse.data import make_loaders  # noqa: E402
 from tlcourse.engine import train  # noqa: E402
-from tlcourse.fast import SampleViews, _inner, _Job, _run_jobs, frozen_features  # noqa: E402
+from tlcourse.fast import CacheJob, folder_samples, frozen_features, run_jobs, sample_views  # noqa: E402
 from tlcourse.feature_cache import FeatureCache  # noqa: E402
 from tlcourse.freeze import apply_freeze  # noqa: E402
 from tlcourse.models import build_model, find_local_weights  # noqa: E402
@@ -50,16 +50,14 @@ def fill_cache(loaders, cfg: TrainConfig, views: int) -> float:
     """Compute every view's layer3 input and pooled features in one pass each (or find them cached)."""
     model = apply_freeze(build_model(cfg.arch, len(loaders.class_names), weights=cfg.weights), "last_stage")
     train_set, val_set = loaders.train.dataset, loaders.val.dataset
-    from tlcourse.fast import _draft, _folder_samples
-
-    train_samples, val_samples = _folder_samples(train_set), _folder_samples(val_set)
+    train_samples, val_samples = folder_samples(train_set), folder_samples(val_set)
     both = {"layer3": torch.float16 if cfg.fast_dtype == "float16" else torch.float32, "features": torch.float32}
-    jobs = [_Job("train", 0, SampleViews(train_samples, _inner(val_set).transform, draft=_draft(val_set)), both),
-            _Job("val", 0, SampleViews(val_samples, _inner(val_set).transform, draft=_draft(val_set)), both)]
-    jobs += [_Job("train", v, SampleViews(train_samples, _inner(train_set).transform, draft=_draft(train_set),
-                                          seed=cfg.seed, view=v), both) for v in range(1, views)]
+    jobs = [CacheJob("train", 0, sample_views(train_samples, val_set), both),
+            CacheJob("val", 0, sample_views(val_samples, val_set), both)]
+    jobs += [CacheJob("train", v, sample_views(train_samples, train_set, seed=cfg.seed, view=v), both)
+             for v in range(1, views)]
     started = time.perf_counter()
-    _run_jobs(jobs, model, cfg, torch.device("cpu"), FeatureCache(cfg.cache_dir), loaders.data_dir, stream=False)
+    run_jobs(jobs, model, cfg, torch.device("cpu"), FeatureCache(cfg.cache_dir), loaders.data_dir, stream=False)
     return time.perf_counter() - started
 
 

@@ -71,6 +71,14 @@ def test_cached_training_follows_the_plain_loss_trajectory(tiny_data_session, tm
     # The trained weights are the same too, including BatchNorm statistics of a trained layer4.
     for (name, a), b in zip(fast.model.state_dict().items(), plain.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-5), name
+    # What interpret reuses: the pooled validation features, only where the route cached pooled features.
+    pooled = fast.fast.pooled_val_features()
+    if expected == "features":
+        features, targets = pooled
+        assert features.shape == (len(targets), ARCHS[arch].feature_dim)
+        assert targets.tolist() == [t for _, t in make_loaders(tiny_data_session).val.dataset.samples]
+    else:
+        assert pooled is None
 
 
 def test_fp16_layer3_cache_stays_close_to_the_plain_loop(tiny_data_session, tmp_path, no_checkpoint_files):

@@ -170,7 +170,7 @@ def test_caches_over_the_memory_limit_stream_to_disk_and_train_the_same(tiny_dat
                                                                          one_thread):
     cfg = _config(tiny_data, tmp_path, freeze="last_stage", fast_dtype="float32", fast_views=2, probe=False)
     in_memory = train(cfg.replace(cache_dir=str(tmp_path / "a")))
-    monkeypatch.setattr("tlcourse.fast.AUTO_MEMORY_LIMIT", 1000)
+    monkeypatch.setattr("tlcourse.fast.routes.AUTO_MEMORY_LIMIT", 1000)   # where prepare reads it
     streamed = train(cfg.replace(cache_dir=str(tmp_path / "b")))
     assert "memory-mapped" in streamed.route
     assert [r["train_loss"] for r in streamed.history] == [r["train_loss"] for r in in_memory.history]
