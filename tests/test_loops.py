@@ -74,7 +74,7 @@ def test_cached_views_stay_in_step_across_resume(tiny_data, tmp_path):
     whole = train(epochs=3, **common)
     first = train(epochs=1, **common)
     resumed = train(resume=first.latest_path, epochs=3)
-    assert whole.fast_path == resumed.fast_path == "views"
+    assert whole.route == resumed.route == "views"
     assert _flat(resumed.history) == pytest.approx(_flat(whole.history), rel=1e-6)
 
 

@@ -13,6 +13,7 @@ The pieces live in their own modules: ``config`` (the settings), ``recipes`` (th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from .feature_cache import FeatureCache
 from .files import ensure_writable, write_json
 from .freeze import apply_freeze
 from .heads import compute_loss, loss_for_head, loss_for_model, predictions
-from .history import best_from_history, format_epoch, write_history
+from .history import best_from_history, format_epoch, route_of, upgrade_rows, write_history
 from .loops import evaluate, fit, train_one_epoch
 from .models import model_for
 from .probe import ProbeResult, baseline
@@ -60,11 +61,16 @@ class RunResult:
     class_names: list[str]
     best: dict = field(default_factory=dict)
     config: TrainConfig | None = None
-    route: str = "plain"                  # which training route ran, in words (printable)
-    fast_path: str = "plain"              # its short name: plain | features | layer3 | views | decode
+    route: str = "plain"                  # the training route that ran: plain | features | layer3 | views | decode
+    route_description: str = "plain"      # the same in words, with its caches (printable)
     cache_seconds: float = 0.0            # one-time work of a fast route (decoding, backbone pass)
     probe: ProbeResult | None = None      # the linear-probe baseline (head-only and last_stage runs)
     fast: object = field(default=None, repr=False)   # the FastSetup trained on (its caches, for interpret)
+
+    @property
+    def fast_path(self) -> str:
+        """The old name of :attr:`route` (kept for code written before the rename)."""
+        return self.route
 
     @property
     def best_acc_path(self) -> Path:
@@ -135,7 +141,7 @@ def _quiet(line: str) -> None:
 
 def _run(config: TrainConfig | None, *, resume: str | Path | None, loaders: Loaders | None,
          group: distributed.Group | None, **overrides) -> RunResult:
-    """Settings, phases, model; then each phase that is left (:func:`_run_phase`); then the result."""
+    """Settings, phases, data, model; then each phase that is left (:meth:`_Run.phase`); then the result."""
     plan = None
     if resume is not None:   # what may change, where it continues, writable: see tlcourse.resume
         plan = plan_resume(resume, load_checkpoint(resume), config, overrides)
@@ -151,7 +157,7 @@ def _run(config: TrainConfig | None, *, resume: str | Path | None, loaders: Load
     if plan is not None:
         check_classes(plan.checkpoint, loaders.class_names, loaders.data_dir, resume)
         model, start_epoch, history = model_from_checkpoint(plan.checkpoint, source=str(resume)), plan.epoch, \
-            list(plan.checkpoint["history"])
+            upgrade_rows(plan.checkpoint["history"])
         if start_epoch >= cfg.epochs:
             say(f"{resume} already finished epoch {start_epoch} of {cfg.epochs}; pass a larger epochs to continue")
             return _finished(plan, model, loaders, cfg)
@@ -179,7 +185,7 @@ class _Run:
     loaders: Loaders
     device: torch.device
     group: distributed.Group | None
-    say: object
+    say: Callable[[str], None]
     plan: ResumePlan | None
     cache: FeatureCache
     run_dir: Path | None = None
@@ -217,10 +223,10 @@ class _Run:
         optimizer, scheduler = phase.build(model, cfg, batches, saved=self.plan.saved if self.plan else None)
         if self.plan is not None and phase.first <= start_epoch:   # resuming inside this phase
             phase.restore(self.plan, model, optimizer, scheduler)
-        if self.plan is not None and not self.setups[:-1]:   # once, right before the first epoch that runs
+        if self.plan is not None and len(self.setups) == 1:   # once, right before the first epoch that runs
             restore_random(self.plan, loaders.train.generator)
         if self.run_dir is None:
-            self.run_dir = self._folder(fast, start_epoch)
+            self.run_dir = self._folder(fast)
         forward_model, hooks = fast.forward_model, None
         if cfg.compile:
             forward_model = torch.compile(forward_model or model)
@@ -232,19 +238,19 @@ class _Run:
             log(line)
         saver = CheckpointSaver(self.run_dir, class_names=loaders.class_names, freeze=phase.preset,
                                 image_size=cfg.image_size, config=cfg.to_dict() | {
-                                    "fast_path": fast.name, "probe_result": self.probe and self.probe.as_dict()})
+                                    "route": fast.name, "probe_result": self.probe and self.probe.as_dict()})
         saver.saved_epoch = start_epoch if (self.run_dir / LATEST).is_file() and start_epoch else None
         try:
             return fit(model, train_loader, val_loader, optimizer, group.fit_config(cfg) if group else cfg,
                        scheduler=scheduler, saver=distributed.MainOnlySaver(saver, group) if group else saver,
                        forward_model=forward_model, start_epoch=max(start_epoch, phase.first - 1), last=phase.last,
                        total=cfg.epochs, history=history, generator=loaders.train.generator, log=self.say,
-                       hooks=hooks, row_extra={"path": fast.name, **phase.row,
+                       hooks=hooks, row_extra={"route": fast.name, **phase.row,
                                                **({"processes": group.world} if group else {})})
         finally:
             phase.close(scheduler)
 
-    def _folder(self, fast, start_epoch: int) -> Path:
+    def _folder(self, fast) -> Path:
         """The run folder and its ``args.json`` (one rank writes, every rank learns where it is)."""
         cfg = self.cfg
         args = cfg.to_dict() | {"class_names": self.loaders.class_names, "probe_result": self.probe and
@@ -252,7 +258,7 @@ class _Run:
         if cfg.recipe == "fine_tune":
             args["phases"] = [p.__dict__ for p in self.phases]
         else:
-            args |= {"fast_path": fast.name, "fast_path_description": fast.description}
+            args |= {"route": fast.name, "route_description": fast.description}
 
         def create() -> Path:
             if self.plan is not None:
@@ -264,15 +270,15 @@ class _Run:
         return self.group.on_main(create, "prepare the run folder") if self.group else create()
 
     def result(self, model: nn.Module, history: list[dict]) -> RunResult:
-        names = [fast.name for _, fast in self.setups]
         if self.cfg.recipe == "fine_tune":   # the details of each route were logged when it was chosen
-            route = "; ".join(f"{p.preset}: {fast.description.split(' (')[0]}" for p, fast in self.setups)
+            words = "; ".join(f"{p.preset}: {fast.description.split(' (')[0]}" for p, fast in self.setups)
             setup = None
         else:
-            route, setup = self.setups[0][1].description, self.setups[0][1]
+            words, setup = self.setups[0][1].description, self.setups[0][1]
         result = RunResult(model, history, self.run_dir, self.loaders.class_names, best_from_history(history),
-                           self.cfg, route=route or "nothing left to train", fast_path="+".join(names) or "none",
-                           cache_seconds=sum(fast.seconds for _, fast in self.setups), probe=self.probe, fast=setup)
+                           self.cfg, route="+".join(fast.name for _, fast in self.setups) or "none",
+                           route_description=words or "nothing left to train", probe=self.probe, fast=setup,
+                           cache_seconds=sum(fast.seconds for _, fast in self.setups))
         if self.probe is not None:
             self.log(result.versus_probe())
         return result
@@ -284,8 +290,8 @@ def _kind(cfg: TrainConfig) -> str:
 
 def _finished(plan: ResumePlan, model: nn.Module, loaders: Loaders, cfg: TrainConfig) -> RunResult:
     """A resume with nothing left to train: the run as its checkpoint holds it."""
-    history, saved = list(plan.checkpoint["history"]), plan.checkpoint["config"]
+    history, saved = upgrade_rows(plan.checkpoint["history"]), plan.checkpoint["config"]
     probe = ProbeResult.from_dict(saved["probe_result"]) if saved.get("probe_result") else None
-    name = saved.get("fast_path", "plain")
+    name = route_of(saved)
     return RunResult(model, history, plan.run_dir, loaders.class_names, best_from_history(history), cfg,
-                     route=name, fast_path=name, probe=probe)
+                     route=name, route_description=name, probe=probe)
