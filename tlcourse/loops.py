@@ -6,7 +6,8 @@ epoch prints one line::
     EPOCH 6/10  train_loss=0.1858 train_acc=1.0000  val_loss=0.2504 val_acc=1.0000  lr=0.001  time=4.2s
 
 ``fit`` takes a ``TrainConfig`` (epochs, device, precision, progress) and an optional
-``CheckpointSaver``; ``tlcourse.engine.train`` builds everything for a whole run and calls it.
+``CheckpointSaver``; ``tlcourse.engine.train`` builds everything for a whole run and calls it once
+per phase, with the run's epoch numbers and, with several processes, ``FitHooks``.
 """
 
 from __future__ import annotations

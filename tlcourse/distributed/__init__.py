@@ -3,7 +3,7 @@
 
 ``torchrun --nproc-per-node 2 -m tlcourse train ...``, or ``python -m tlcourse train --nproc-per-node 2
 ...`` (which calls ``torch.distributed.run`` for you, see ``launcher.launch``), starts one process per
-device. Every process runs the same ``tlcourse.engine.train``; this module holds what changes:
+device. Every process runs the same ``tlcourse.engine.train``; this package holds what changes:
 
 * **Process group**: ``nccl`` on CUDA (process ``LOCAL_RANK`` uses ``cuda:LOCAL_RANK``), ``gloo`` on
   the CPU. ``group.session`` joins it and always leaves it (``destroy_process_group``), on success, error
@@ -29,6 +29,10 @@ device. Every process runs the same ``tlcourse.engine.train``; this module holds
   normalises each process's share of the batch, unless ``sync_bn``: then ``SyncBatchNorm`` on
   CUDA; on the CPU, where PyTorch's ``SyncBatchNorm`` is CUDA-only, ``batchnorm.CPUSyncBatchNorm`` (the
   same statistics, all-reduced over gloo).
+
+One job per module: ``process`` (where this process stands), ``samplers``, ``batchnorm``, ``group`` (the
+process group, and what DDP changes in a run: ``Group.fast_hooks`` for ``fast.prepare``,
+``Group.fit_hooks`` for ``loops.fit``), ``saver``, ``errors`` (a failure as one line), ``launcher`` (torchrun).
 """
 
 from .batchnorm import CPUSyncBatchNorm, training_batchnorms
