@@ -76,7 +76,7 @@ def _train(options: dict, out: Path, nproc: int | None, threads: int) -> dict:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
     (run_dir,) = out.iterdir()
     history = json.loads((run_dir / "history.json").read_text())
-    return {"wall_s": seconds, "epochs_s": sum(r["seconds"] for r in history), "path": history[-1]["path"],
+    return {"wall_s": seconds, "epochs_s": sum(r["seconds"] for r in history), "path": history[-1]["route"],
             "final_val_acc": history[-1]["val_acc"], "final_val_loss": history[-1]["val_loss"]}
 
 

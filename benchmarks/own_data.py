@@ -82,7 +82,7 @@ def timed_run(cfg: TrainConfig) -> dict:
     return {"seconds": round(seconds, 1), "run_seconds": round(result.seconds, 1),
             "cache_seconds": round(result.cache_seconds, 1), "best_val_acc": result.best["acc"],
             "final_val_acc": result.history[-1]["val_acc"], "probe": result.probe.val_acc if result.probe else None,
-            "path": result.fast_path, "route": result.route, "epochs": cfg.epochs}
+            "path": result.route, "route": result.route_description, "epochs": cfg.epochs}
 
 
 def run_own_data(args, quick: bool) -> dict:

@@ -43,7 +43,7 @@ def test_rows_come_from_the_runs(two_runs):
         run = two_runs[row.name]
         assert row.best_acc == run.best["acc"] and row.best_epoch == run.best["acc_epoch"]
         assert row.final_acc == run.history[-1]["val_acc"]
-        assert row.seconds == pytest.approx(run.seconds) and row.route == run.route
+        assert row.seconds == pytest.approx(run.seconds) and row.route == run.route_description
     head, everything = table.row("head"), table.row("all")
     assert head.trainable == 512 * 2 + 2 and everything.trainable == everything.total > head.trainable
     assert head.total == everything.total

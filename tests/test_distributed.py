@@ -95,8 +95,8 @@ def _assert_same_run(history: list[dict], reference: list[dict], rtol: float = L
     for row, ref in zip(history, reference):
         for key in ("train_loss", "val_loss"):
             assert row[key] == pytest.approx(ref[key], rel=rtol), (row["epoch"], key)
-        for key in ("train_acc", "val_acc", "train_images", "val_images", "path"):
-            assert row[key] == ref[key], (row["epoch"], key)
+        for key in ("train_acc", "val_acc", "train_images", "val_images", "route", "phase"):
+            assert row.get(key) == ref.get(key), (row["epoch"], key)
 
 
 def _head(state: dict) -> dict:
@@ -124,7 +124,7 @@ def test_two_processes_train_like_one_process_with_the_global_batch(data, tmp_pa
     history = json.loads((_run_dir(out) / "history.json").read_text())
     _assert_same_run(history, single.history)
     assert [r["val_images"] for r in history] == [15, 15]        # 8 + 7 on two ranks, no padding counted
-    assert [r["processes"] for r in history] == [2, 2] and history[0]["path"] == "features"
+    assert [r["processes"] for r in history] == [2, 2] and history[0]["route"] == "features"
 
     checkpoint = load_checkpoint(_run_dir(out) / LATEST)
     assert not any(k.startswith("module.") for k in checkpoint["model"])
@@ -132,6 +132,27 @@ def test_two_processes_train_like_one_process_with_the_global_batch(data, tmp_pa
         torch.testing.assert_close(value, single.model.state_dict()[name], rtol=0, atol=HEAD_ATOL)
     restored = model_from_checkpoint(checkpoint)                  # one process, no process group
     assert torch.equal(_val_classes(restored, data), _val_classes(single.model, data))
+
+
+@pytest.mark.slow
+def test_fine_tune_runs_both_phases_on_two_processes_like_one(data, tmp_path):
+    """A run of two phases under DDP: head on cached features, then the last stage with --sync-bn."""
+    out = tmp_path / "ddp"
+    values = dict(recipe="fine_tune", freeze_epochs=1, epochs=2, lr=2 * LAST_STAGE_LR, sync_bn=True)
+    ddp = _run(["-m", "tlcourse", "train", "--nproc-per-node", "2", *_options(data, out, batch_size=16, **values)],
+               tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "phase 1/2: head" in ddp.stdout and "phase 2/2: last_stage" in ddp.stdout and "EPOCH 2/2" in ddp.stdout
+
+    single = _single(data, tmp_path / "one", **values)
+    history = json.loads((_run_dir(out) / "history.json").read_text())
+    _assert_same_run(history, single.history)
+    assert [(r["phase"], r["route"], r["processes"]) for r in history] == [("head", "features", 2),
+                                                                          ("last_stage", "layer3", 2)]
+    checkpoint = load_checkpoint(_run_dir(out) / LATEST)
+    for name, value in checkpoint["model"].items():
+        if name.startswith(("layer4.", "fc.")) and value.is_floating_point():
+            torch.testing.assert_close(value, single.model.state_dict()[name], rtol=0, atol=LAST_STAGE_LR)
 
 
 @pytest.mark.slow
@@ -147,7 +168,7 @@ def test_last_stage_with_sync_bn_matches_and_resumes_with_one_process(data, tmp_
     run_dir = _run_dir(out)
     history = json.loads((run_dir / "history.json").read_text())
     _assert_same_run(history, single.history[:2])
-    assert history[0]["path"] == "layer3"
+    assert history[0]["route"] == "layer3"
 
     # The DDP run's latest.pt goes on in one process (batch 32: the same global batch) to epoch 3.
     resumed = train(resume=run_dir / LATEST, epochs=3, batch_size=32, device="cpu", progress="none")
@@ -207,7 +228,7 @@ def test_decoded_images_are_split_across_processes(data, tmp_path):
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = _single(data, tmp_path / "one", freeze="all", epochs=1, lr=LAST_STAGE_LR)
     history = json.loads((_run_dir(out) / "history.json").read_text())
-    assert history[0]["path"] == single.history[0]["path"] == "decode"
+    assert history[0]["route"] == single.history[0]["route"] == "decode"
     # Every layer trains (and every BatchNorm, synchronised): the runs agree less closely than with a frozen
     # backbone; measured relative gaps: train_loss 4.6e-5, val_loss 1.9e-3 (the head-only and last_stage
     # tests hold 1e-5). The point here is that the decoding ranks work at once and the run is the same run.

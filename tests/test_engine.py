@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tlcourse import TLCourseError
-from tlcourse.checkpoints import CHECKPOINT_FILES, load_checkpoint
+from tlcourse.checkpoints import CHECKPOINT_FILES, load_checkpoint, save_checkpoint
 from tlcourse.engine import (
     TrainConfig,
     best_from_history,
@@ -18,6 +18,7 @@ from tlcourse.engine import (
     predictions,
     train,
 )
+from tlcourse.history import route_of
 
 FAST = dict(weights=None, batch_size=4, image_size=64, progress="none")
 
@@ -123,3 +124,23 @@ def test_bad_config_values_name_the_setting(field, value):
 def test_max_batches_limits_work(tiny_data, tmp_path):
     result = train(data_dir=str(tiny_data), epochs=1, output_dir=str(tmp_path), max_batches=1, **FAST)
     assert result.history[0]["epoch"] == 1
+
+
+def test_the_route_has_one_name_and_older_runs_still_resume(tiny_data, tmp_path):
+    """``route`` in the result, the history, args.json and checkpoints; ``path``/``fast_path`` of older runs read."""
+    run = train(data_dir=str(tiny_data), epochs=1, output_dir=str(tmp_path), freeze="head", augment=False, **FAST)
+    assert run.route == run.fast_path == run.history[0]["route"] == "features"
+    assert run.route_description.startswith("cached pooled features") and "path" not in run.history[0]
+    args = json.loads((run.run_dir / "args.json").read_text())
+    assert args["route"] == "features" and args["route_description"] == run.route_description
+    # Rewrite the run as an older version saved it: the route under its old names.
+    latest = load_checkpoint(run.latest_path)
+    latest["config"]["fast_path"] = latest["config"].pop("route")
+    latest["history"] = [{("path" if k == "route" else k): v for k, v in row.items()} for row in latest["history"]]
+    save_checkpoint(latest, run.latest_path)
+    assert route_of(latest["config"]) == route_of(latest["history"][0]) == "features"
+    resumed = train(resume=run.latest_path, epochs=2)
+    assert [row["route"] for row in resumed.history] == ["features", "features"]
+    assert not any("path" in row for row in resumed.history)
+    finished = train(resume=resumed.latest_path, epochs=2)   # nothing left: the run as saved
+    assert finished.route == "features" and _curve(finished.history) == _curve(resumed.history)

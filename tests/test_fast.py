@@ -66,7 +66,7 @@ def test_cached_training_follows_the_plain_loss_trajectory(tiny_data_session, tm
     plain = train(cfg, fast="off")
     fast = train(cfg)                                               # fast="auto"
     assert fast.fast_path == expected
-    assert fast.route.startswith("cached ")
+    assert fast.route_description.startswith("cached ")
     _assert_same_trajectory(fast, plain)
     # The trained weights are the same too, including BatchNorm statistics of a trained layer4.
     for (name, a), b in zip(fast.model.state_dict().items(), plain.model.state_dict().values()):
@@ -90,7 +90,7 @@ def test_fp16_layer3_cache_stays_close_to_the_plain_loop(tiny_data_session, tmp_
     assert (half.float() - full).abs().max() <= 1e-3 * full.abs().max()   # fp16: 11 significant bits
     cfg = _config(tiny_data_session, tmp_path, freeze="last_stage")
     plain, fast = train(cfg, fast="off"), train(cfg)
-    assert fast.fast_path == "layer3" and "fp16" in fast.route
+    assert fast.fast_path == "layer3" and "fp16" in fast.route_description
     # Rounding differences grow a little over the training steps but stay small.
     assert _losses(fast) == pytest.approx(_losses(plain), abs=0.1)
 
@@ -103,8 +103,8 @@ def test_fast_checkpoint_is_a_full_model_with_the_same_accuracy(tiny_data_sessio
     in_memory = evaluate(result.model, loaders.val)["acc"]
     assert evaluate(reloaded, loaders.val)["acc"] == in_memory == result.history[-1]["val_acc"]
     checkpoint = load_checkpoint(result.latest_path)
-    assert checkpoint["config"]["fast_path"] == "layer3"
-    assert all(row["path"] == "layer3" for row in result.history)
+    assert checkpoint["config"]["route"] == "layer3"
+    assert all(row["route"] == "layer3" for row in result.history)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
@@ -127,9 +127,9 @@ def test_cache_memory_estimate_matches_the_real_cache(tiny_data_session, arch, p
 def test_auto_falls_back_to_the_plain_loop_when_caching_would_change_results(tiny_data_session, tmp_path,
                                                                              no_checkpoint_files):
     augmented = train(_config(tiny_data_session, tmp_path, epochs=1, augment=True, fast_views=0))
-    assert augmented.fast_path == "plain" and "augmentation" in augmented.route
+    assert augmented.fast_path == "plain" and "augmentation" in augmented.route_description
     moving_bn = train(_config(tiny_data_session, tmp_path, epochs=1, bn_eval=False))
-    assert moving_bn.fast_path == "plain" and "bn_eval=False" in moving_bn.route
+    assert moving_bn.fast_path == "plain" and "bn_eval=False" in moving_bn.route_description
     with pytest.raises(TLCourseError, match="fast='features' cannot cache"):
         train(_config(tiny_data_session, tmp_path, epochs=1, bn_eval=False, fast="features"))
     with pytest.raises(TLCourseError, match="fast_views"):
@@ -147,9 +147,10 @@ def test_augmentation_is_cached_as_views_by_default(tiny_data_session, tmp_path,
     """Fast by default: augment=True (the default) trains head or last_stage on cached views."""
     for freeze, what in (("head", "pooled features"), ("last_stage", "layer3 activations (fp16)")):
         result = train(_config(tiny_data_session, tmp_path, epochs=1, augment=True, freeze=freeze))
-        assert result.fast_path == "views" and result.route.startswith(f"cached {what} of ")
+        assert result.fast_path == "views" and result.route_description.startswith(f"cached {what} of ")
         views = TrainConfig(freeze=freeze).resolved().fast_views
-        assert (f"{views} views per training image" if views > 1 else "the un-augmented images") in result.route
+        described = f"{views} views per training image" if views > 1 else "the un-augmented images"
+        assert described in result.route_description
         assert result.probe is not None and 0 <= result.probe.val_acc <= 1
     everything = train(_config(tiny_data_session, tmp_path, epochs=1, augment=True, freeze="all"))
     assert everything.fast_path == "plain" and everything.probe is None
@@ -158,7 +159,7 @@ def test_augmentation_is_cached_as_views_by_default(tiny_data_session, tmp_path,
 def test_augmented_views_are_seeded_and_cycle(tiny_data_session, tmp_path, no_checkpoint_files):
     cfg = _config(tiny_data_session, tmp_path, epochs=3, augment=True, fast_views=2, cache=False)
     first, second = train(cfg), train(cfg)
-    assert first.fast_path == "views" and "2 views per training image" in first.route
+    assert first.fast_path == "views" and "2 views per training image" in first.route_description
     assert _losses(first) == _losses(second)
     # view 0 is the un-augmented image (what validation sees); view 1 is a seeded augmentation
     loaders = make_loaders(tiny_data_session, image_size=SIZE, augment=True)
@@ -189,5 +190,5 @@ def test_decoded_images_equal_the_pil_pipeline(tiny_data_session):
 def test_all_layers_trainable_without_augmentation_decodes_once(tiny_data_session, tmp_path, no_checkpoint_files):
     cfg = _config(tiny_data_session, tmp_path, freeze="all", epochs=2)
     plain, fast = train(cfg, fast="off"), train(cfg)
-    assert fast.fast_path == "decode" and fast.route.startswith("images decoded once")
+    assert fast.fast_path == "decode" and fast.route_description.startswith("images decoded once")
     _assert_same_trajectory(fast, plain)

@@ -151,7 +151,7 @@ def test_what_changes_the_result_changes_the_key(tiny_data, tmp_path, capsys, on
     assert "3 pass(es)" in capsys.readouterr().out
     train(cfg.replace(seed=2))              # another random init (weights=None): the weights are in the key
     assert "3 pass(es)" in capsys.readouterr().out
-    assert train(cfg.replace(cache=False)).route.count("pass(es)") == 1
+    assert train(cfg.replace(cache=False)).route_description.count("pass(es)") == 1
     assert "feature cache off" in capsys.readouterr().out
 
 
@@ -172,7 +172,7 @@ def test_caches_over_the_memory_limit_stream_to_disk_and_train_the_same(tiny_dat
     in_memory = train(cfg.replace(cache_dir=str(tmp_path / "a")))
     monkeypatch.setattr("tlcourse.fast.routes.AUTO_MEMORY_LIMIT", 1000)   # where prepare reads it
     streamed = train(cfg.replace(cache_dir=str(tmp_path / "b")))
-    assert "memory-mapped" in streamed.route
+    assert "memory-mapped" in streamed.route_description
     assert [r["train_loss"] for r in streamed.history] == [r["train_loss"] for r in in_memory.history]
 
 

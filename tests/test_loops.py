@@ -12,7 +12,7 @@ from tlcourse.config import TrainConfig
 from tlcourse.data import make_loaders
 from tlcourse.engine import train
 from tlcourse.freeze import apply_freeze
-from tlcourse.loops import fit
+from tlcourse.loops import FitHooks, fit
 from tlcourse.models import build_model
 from tlcourse.optim import make_optimizer
 
@@ -74,7 +74,7 @@ def test_cached_views_stay_in_step_across_resume(tiny_data, tmp_path):
     whole = train(epochs=3, **common)
     first = train(epochs=1, **common)
     resumed = train(resume=first.latest_path, epochs=3)
-    assert whole.fast_path == resumed.fast_path == "views"
+    assert whole.route == resumed.route == "views"
     assert _flat(resumed.history) == pytest.approx(_flat(whole.history), rel=1e-6)
 
 
@@ -97,3 +97,24 @@ def test_an_epoch_cut_short_does_not_shift_the_views(tiny_data, tmp_path, monkey
     train(data_dir=str(tiny_data), output_dir=str(tmp_path), augment=True, fast_views=2, epochs=2, max_batches=1,
           **FAST)
     assert fetched == [0] * 4 + [1] * 4
+
+
+def test_fit_numbers_epochs_by_the_run_and_calls_its_hooks(tiny_data):
+    """One phase of a longer run: epochs 2..3 of 5, printed as such; the hooks see every epoch."""
+    loaders, model, optimizer = _parts(tiny_data)
+    calls = []
+
+    class Hooks(FitHooks):
+        def reduce_stats(self, stats):
+            calls.append("reduce")
+            return dict(stats, images=stats["images"] * 10)   # what a sum over processes would report
+
+        def after_train(self, module):
+            calls.append("after_train")
+
+    lines = []
+    history = fit(model, loaders.train, loaders.val, optimizer, TrainConfig(epochs=9, **FAST | {"progress": "epoch"}),
+                  start_epoch=1, last=3, total=5, hooks=Hooks(), log=lines.append)
+    assert [r["epoch"] for r in history] == [2, 3] and [line[:9] for line in lines] == ["EPOCH 2/5", "EPOCH 3/5"]
+    assert calls == ["reduce", "after_train", "reduce"] * 2
+    assert history[0]["val_images"] == 10 * len(loaders.val.dataset)

@@ -70,9 +70,9 @@ def test_schedules_warm_up_then_anneal():
 def test_one_run_folder_spans_both_phases(full_run):
     result = full_run
     assert result.run_dir.name.startswith("resnet18_fine_tune_")
-    assert [(r["epoch"], r["phase"], r["path"]) for r in result.history] == [
+    assert [(r["epoch"], r["phase"], r["route"]) for r in result.history] == [
         (1, "head", "features"), (2, "last_stage", "layer3"), (3, "last_stage", "layer3")]
-    assert result.fast_path == "features+layer3" and "head: cached pooled features" in result.route
+    assert result.route == "features+layer3" and "head: cached pooled features" in result.route_description
     # the lr column is the head's rate at the start of each epoch: phase 1 starts at lr/25, phase 2 at (lr/2)/5
     assert result.history[0]["lr"] == pytest.approx(1e-3 / 25) and result.history[1]["lr"] == pytest.approx(1e-4)
     latest = load_checkpoint(result.latest_path)

@@ -11,13 +11,12 @@ with status 1; ``--debug`` shows the full traceback instead.
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import sys
 
 from . import TLCourseError, __version__
 from .commands import COMMANDS
-from .files import DISK_FULL_ERRNOS, NOT_WRITABLE_ERRNOS, os_error_in
+from .errors import describe_unexpected
 
 
 class Parser(argparse.ArgumentParser):
@@ -40,25 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                  help="show the full traceback of an unexpected error")
     return parser
-
-
-def describe_unexpected(exc: BaseException) -> str:
-    """One line for an exception that is not a ``TLCourseError``: what happened and what to try."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if len(text) > 300:
-        text = text[:300] + "..."
-    if isinstance(exc, MemoryError):
-        return "out of memory; lower --batch-size or --image-size, or use --subset"
-    full, locked = os_error_in(exc, DISK_FULL_ERRNOS), os_error_in(exc, NOT_WRITABLE_ERRNOS)
-    cause = full or locked or (exc if isinstance(exc, OSError) else None)
-    where = f" ({cause.filename})" if getattr(cause, "filename", None) else ""
-    if full is not None:
-        return f"disk full{where}; free some space and run the command again"
-    if locked is not None:
-        return f"no permission to write{where}; choose a folder you can write to (e.g. --output-dir)"
-    if isinstance(exc, OSError) and exc.errno == errno.ENOENT:
-        return f"file or folder not found{where}; check the path"
-    return f"{type(exc).__name__}: {text}"
 
 
 def _tolerant_output() -> None:

@@ -49,7 +49,7 @@ def augmentation(cfg, path: str, preset: str) -> str:
 
 def setup_of(result) -> str:
     """What the one-time setup before the first epoch was, from the run's route: cold or warm."""
-    route = getattr(result, "route", "") or ""
+    route = _route_words(result)
     if "computed in" in route:
         return "cold: backbone pass computed" + (", part read from the feature cache" if "read from" in route else "")
     if "read from the feature cache" in route:
@@ -68,7 +68,7 @@ def run_settings(result) -> tuple[tuple[str, str], ...]:
     if cfg is None:
         return ()
     cfg = cfg.resolved()
-    path = getattr(result, "fast_path", "plain")
+    path = getattr(result, "route", "plain")
     if cfg.recipe == "fine_tune":
         presets = ["head", cfg.unfreeze] if cfg.freeze_epochs else [cfg.unfreeze]
         paths = path.split("+")
@@ -97,7 +97,7 @@ class StrategyRow:
     trainable: int
     total: int
     seconds: float          # RunResult.seconds: the epochs plus any one-time caching
-    route: str = "plain"    # which training route ran (RunResult.route)
+    route: str = "plain"    # which training route ran, in words (RunResult.route_description)
     settings: tuple[tuple[str, str], ...] = ()   # run_settings(): what it was trained with
     epochs: int = 0         # epochs in the history
     images: int = 0         # validation images of the last epoch
@@ -125,6 +125,11 @@ def _cells(row: StrategyRow, columns: Sequence[str]) -> tuple[str, ...]:
     return (row.name, f"{row.best_acc:.4f}", f"{row.best_epoch}/{row.epochs}" if row.epochs else str(row.best_epoch),
             f"{row.final_acc:.4f}", f"{row.trainable:,} ({row.percent_trainable:.1f}%)", _time(row),
             _short_route(row.route), *(settings.get(c, "?") for c in columns))
+
+
+def _route_words(result) -> str:
+    """The route in words: ``RunResult.route_description`` (a bare record may hold it as ``route``)."""
+    return getattr(result, "route_description", None) or getattr(result, "route", "") or ""
 
 
 def _short_route(route: str) -> str:
@@ -215,7 +220,7 @@ def strategy_row(name: str, result) -> StrategyRow:
     if seconds is None:  # a bare record with only a history
         seconds = sum(r["seconds"] for r in history)
     return StrategyRow(name, best["acc"], best["acc_epoch"], history[-1]["val_acc"], trainable, total,
-                       seconds, getattr(result, "route", "plain"), run_settings(result), len(history),
+                       seconds, _route_words(result) or "plain", run_settings(result), len(history),
                        int(history[-1].get("val_images", 0)), float(getattr(result, "cache_seconds", 0.0) or 0.0))
 
 

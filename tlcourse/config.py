@@ -174,7 +174,8 @@ class TrainConfig:
     phase_schedule: str = option("one_cycle", "fine_tune: learning-rate schedule of each phase, stepped every batch",
                                  "optimizer", choices=PHASE_SCHEDULES)
     # --- speed
-    fast: str = option("auto", "training path: auto picks a cached path when the frozen part allows it",
+    fast: str = option("auto", "the training route asked for: auto picks a cached route when the frozen part "
+                       "allows it (the route that ran: RunResult.route, the history's 'route')",
                        "speed", choices=FAST_MODES)
     fast_views: int | None = option(None, "with augmentation: cache K views per training image, the "
                                     "un-augmented one and K-1 augmented ones; epoch e trains on view (e-1) mod K "

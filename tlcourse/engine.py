@@ -1,23 +1,26 @@
-"""A whole training run: ``train(TrainConfig(...))`` builds the data, the model, the freezing, the
-training route, the optimizer and the run folder, then calls ``tlcourse.loops.fit``.
+"""A whole training run: ``train(TrainConfig(...))`` builds the data, the model and the run folder,
+then runs the run's phases (``tlcourse.recipes``: one for a single preset, two for ``fine_tune``),
+each with its freezing, training route, optimizer and schedule, through ``tlcourse.loops.fit``.
 
 ``train(resume="checkpoints/<run>/latest.pt")`` continues a run in its own folder with the
 saved random state; on the CPU the result equals an uninterrupted run with the same seed.
 Started by ``torchrun`` (``python -m tlcourse train --nproc-per-node N``), every process runs
 ``train`` and ``tlcourse.distributed`` makes them one data-parallel run.
-The pieces live in their own modules: ``config`` (the settings), ``loops`` (the epoch loops),
-``fast`` (the cached routes), ``checkpoints`` (files), ``history`` (the per-epoch record).
+The pieces live in their own modules: ``config`` (the settings), ``recipes`` (the phases),
+``loops`` (the epoch loops), ``fast`` (the cached routes), ``checkpoints`` (files), ``resume``
+(what a resume may change), ``history`` (the per-epoch record).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import TLCourseError, distributed
+from . import distributed
 from .checkpoints import (
     ARGS_JSON,
     BEST_ACC,
@@ -32,17 +35,17 @@ from .checkpoints import (
 from .config import TrainConfig
 from .data import Loaders, loaders_for
 from .device import seed_everything, select_device
-from .fast import prepare as prepare_fast_path
+from .fast import prepare as prepare_route
 from .feature_cache import FeatureCache
 from .files import ensure_writable, write_json
 from .freeze import apply_freeze
 from .heads import compute_loss, loss_for_head, loss_for_model, predictions
-from .history import best_from_history, format_epoch, write_history
+from .history import best_from_history, format_epoch, route_of, upgrade_rows, write_history
 from .loops import evaluate, fit, train_one_epoch
 from .models import model_for
-from .optim import make_optimizer, make_scheduler
 from .probe import ProbeResult, baseline
-from .resume import check_classes, plan_resume, restore_state, resume_folder
+from .recipes import Phase, run_phases
+from .resume import ResumePlan, changed_line, check_classes, plan_resume, restore_random, resume_folder
 from .settings import checkpoints_root
 
 # What notebooks and learners import from here: the run, and the pieces they look at.
@@ -58,11 +61,16 @@ class RunResult:
     class_names: list[str]
     best: dict = field(default_factory=dict)
     config: TrainConfig | None = None
-    route: str = "plain"                  # which training route ran, in words (printable)
-    fast_path: str = "plain"              # its short name: plain | features | layer3 | views | decode
+    route: str = "plain"                  # the training route that ran: plain | features | layer3 | views | decode
+    route_description: str = "plain"      # the same in words, with its caches (printable)
     cache_seconds: float = 0.0            # one-time work of a fast route (decoding, backbone pass)
     probe: ProbeResult | None = None      # the linear-probe baseline (head-only and last_stage runs)
     fast: object = field(default=None, repr=False)   # the FastSetup trained on (its caches, for interpret)
+
+    @property
+    def fast_path(self) -> str:
+        """The old name of :attr:`route` (kept for code written before the rename)."""
+        return self.route
 
     @property
     def best_acc_path(self) -> Path:
@@ -117,113 +125,173 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     """A whole training run from a config (keyword arguments override its fields).
 
     ``resume`` continues a run from its ``latest.pt`` (same folder, same random state), up to
-    ``epochs``; on the CPU the result equals an uninterrupted run with the same seed. An older
-    checkpoint continues in a new run folder; settings that define the model cannot change, the
-    others (epochs, lr...) apply and are recorded (see ``tlcourse.resume``).
+    ``epochs``, in whichever phase it stopped; on the CPU the result equals an uninterrupted run
+    with the same seed. An older checkpoint continues in a new run folder; settings that define
+    the model cannot change, the others (epochs, lr...) apply and are recorded (see ``tlcourse.resume``).
     In a process started by torchrun it trains one rank of a DistributedDataParallel run
     (``tlcourse.distributed``) and always leaves the process group when it returns or raises.
     """
     with distributed.session() as group:
-        return _train(config, resume=resume, loaders=loaders, group=group, **overrides)
+        return _run(config, resume=resume, loaders=loaders, group=group, **overrides)
 
 
 def _quiet(line: str) -> None:
     pass
 
 
-def _train(config: TrainConfig | None, *, resume: str | Path | None, loaders: Loaders | None,
-           group: distributed.Group | None, **overrides) -> RunResult:
-    checkpoint = load_checkpoint(resume) if resume is not None else None
-    if checkpoint is not None:  # what may change, where it continues, writable: see tlcourse.resume
-        plan = plan_resume(resume, checkpoint, config, overrides)
+def _run(config: TrainConfig | None, *, resume: str | Path | None, loaders: Loaders | None,
+         group: distributed.Group | None, **overrides) -> RunResult:
+    """Settings, phases, data, model; then each phase that is left (:meth:`_Run.phase`); then the result."""
+    plan = None
+    if resume is not None:   # what may change, where it continues, writable: see tlcourse.resume
+        plan = plan_resume(resume, load_checkpoint(resume), config, overrides)
         cfg = plan.config.resolved()
     else:   # fields left at None take the freeze preset's recipe (config.PRESET_DEFAULTS)
         cfg = (config or TrainConfig()).replace(**overrides).validate().resolved()
         ensure_writable(cfg.output_dir or checkpoints_root(), OUTPUT_DIR_FIX)  # before any work
-    if cfg.recipe == "fine_tune":   # two phases in one run folder: tlcourse.recipes
-        if group is not None:
-            raise TLCourseError("recipe='fine_tune' runs in one process; leave out --nproc-per-node")
-        from .recipes import fine_tune
-
-        return fine_tune(cfg, resume=resume, checkpoint=checkpoint, loaders=loaders,
-                         in_place=checkpoint is None or plan.in_place)
+    phases = run_phases(cfg, plan)   # a single preset: one phase; fine_tune: head, then unfreeze
     device = group.start(cfg.device) if group else select_device(cfg.device)
     say = print if group is None or group.is_main else _quiet
     seed_everything(cfg.seed)
     loaders = loaders or loaders_for(cfg)
-    if checkpoint is not None:
-        check_classes(checkpoint, loaders.class_names, loaders.data_dir, resume)
-        model = apply_freeze(model_from_checkpoint(checkpoint, source=str(resume)), checkpoint["freeze"],
-                             bn_eval=cfg.bn_eval)
-        freeze = checkpoint["freeze"]
-    else:
-        model = apply_freeze(model_for(cfg, len(loaders.class_names)), cfg.freeze, bn_eval=cfg.bn_eval)
-        freeze = cfg.freeze
-    model.to(device)
-    if group is not None:
-        bn = group.prepare_model(model, cfg.sync_bn)
-        if cfg.progress != "none":
-            say(f"{group.describe(cfg.batch_size)}; {bn}")
-    log = _quiet if cfg.progress == "none" else say
-    # Which route runs (plain loop, cached features/activations, decoded images) and its caches;
-    # for a new head-only or last_stage run also the frozen features of the linear-probe baseline.
-    want_probe = cfg.probe and freeze in ("head", "last_stage") and checkpoint is None
-    cache = FeatureCache(cfg.cache_dir, enabled=cfg.cache)
-
-    fast = prepare_fast_path(model, loaders, cfg, device, log=log, probe=want_probe, cache=cache,
-                             **(group.fast_hooks() if group else {}))
-    probe = None
-    if fast.probe_data is not None:
-        probe = baseline(fast.probe_data, num_classes=len(loaders.class_names), seed=cfg.seed, cache=cache)
-        log(probe.line())
-    elif checkpoint is not None and checkpoint["config"].get("probe_result"):
-        probe = ProbeResult.from_dict(checkpoint["config"]["probe_result"])   # measured when the run started
-    forward_model = fast.forward_model
-    if cfg.compile:
-        forward_model = torch.compile(forward_model or model)
-    # A resume builds the optimizer as it was saved (same groups), then applies the changed settings.
-    base = plan.saved if checkpoint is not None else cfg
-    optimizer = make_optimizer(model, cfg.optimizer, base.lr, weight_decay=base.weight_decay,
-                               momentum=base.momentum, head_lr_mult=base.head_lr_mult)
-    scheduler = make_scheduler(optimizer, cfg.scheduler, epochs=base.epochs, step_size=base.step_size,
-                               gamma=base.gamma)
-    probe_dict = probe.as_dict() if probe else None
-    args = cfg.to_dict() | {"class_names": loaders.class_names, "fast_path": fast.name,
-                            "fast_path_description": fast.description, "probe_result": probe_dict}
-    train_loader, val_loader, eval_model, fit_cfg = fast.train_loader, fast.val_loader, None, cfg
-    if group is not None:   # DDP trains through the wrapper; each rank evaluates its val share on the plain module
-        train_loader, val_loader = group.shard_loaders(train_loader, val_loader, cfg.seed)
-        eval_model = forward_model or model
-        forward_model = group.wrap(eval_model)
-        fit_cfg = group.fit_config(cfg)
-
-    if checkpoint is not None:   # every rank restores the state; one rank writes the folder
-        restore_state(plan, model, optimizer, scheduler, loaders.train.generator, log=say)
-        run_dir = (group.on_main(lambda: resume_folder(plan, args, log=say), "prepare the run folder") if group
-                   else resume_folder(plan, args, log=say))
-        start_epoch, history = plan.epoch, list(checkpoint["history"])
+    if plan is not None:
+        check_classes(plan.checkpoint, loaders.class_names, loaders.data_dir, resume)
+        model, start_epoch, history = model_from_checkpoint(plan.checkpoint, source=str(resume)), plan.epoch, \
+            upgrade_rows(plan.checkpoint["history"])
         if start_epoch >= cfg.epochs:
             say(f"{resume} already finished epoch {start_epoch} of {cfg.epochs}; pass a larger epochs to continue")
+            return _finished(plan, model, loaders, cfg)
+        if plan.changed:
+            say(changed_line(plan))
     else:
-        def create_run_dir() -> Path:
-            run_dir = new_run_dir(cfg.run_name or f"{cfg.arch}_{cfg.freeze}", cfg.output_dir)
+        model, start_epoch, history = model_for(cfg, len(loaders.class_names)), 0, []
+    model.to(device)
+    run = _Run(cfg, phases, loaders, device, group, say, plan, FeatureCache(cfg.cache_dir, enabled=cfg.cache))
+    if plan is not None and plan.checkpoint["config"].get("probe_result"):
+        run.probe = ProbeResult.from_dict(plan.checkpoint["config"]["probe_result"])   # measured when it started
+    for number, phase in enumerate(phases, 1):
+        if start_epoch < phase.last:
+            history = run.phase(number, phase, model, start_epoch, history)
+            start_epoch = phase.last
+    return run.result(model, history)
+
+
+@dataclass
+class _Run:
+    """What the phases of one run share: settings, data, device, process group, run folder, probe, routes."""
+
+    cfg: TrainConfig
+    phases: list[Phase]
+    loaders: Loaders
+    device: torch.device
+    group: distributed.Group | None
+    say: Callable[[str], None]
+    plan: ResumePlan | None
+    cache: FeatureCache
+    run_dir: Path | None = None
+    probe: ProbeResult | None = None
+    setups: list = field(default_factory=list)   # (phase, FastSetup) of each phase that ran
+
+    @property
+    def log(self):
+        return _quiet if self.cfg.progress == "none" else self.say
+
+    def phase(self, number: int, phase: Phase, model: nn.Module, start_epoch: int, history: list[dict]) -> list[dict]:
+        """One phase: freeze, choose the route, optimizer and schedule, (resume,) then ``fit`` its epochs."""
+        cfg, group, loaders, log = self.cfg, self.group, self.loaders, self.log
+        apply_freeze(model, phase.preset, bn_eval=cfg.bn_eval)
+        if group is not None:
+            bn = group.prepare_model(model, cfg.sync_bn)
+            if cfg.progress != "none":
+                self.say(f"{group.describe(cfg.batch_size)}; {bn}")
+        # Which route runs (plain loop, cached features/activations, decoded images) and its caches;
+        # for a new run starting head-only or last_stage also the frozen features of the linear probe.
+        want_probe = (cfg.probe and self.plan is None and phase is self.phases[0]
+                      and phase.preset in ("head", "last_stage"))
+        fast = prepare_route(model, loaders, cfg.replace(freeze=phase.preset, recipe="single"), self.device,
+                             log=log, probe=want_probe, cache=self.cache, **(group.fast_hooks() if group else {}))
+        self.setups.append((phase, fast))
+        if fast.probe_data is not None:
+            self.probe = baseline(fast.probe_data, num_classes=len(loaders.class_names), seed=cfg.seed,
+                                  cache=self.cache)
+            log(self.probe.line())
+        train_loader, val_loader = fast.train_loader, fast.val_loader
+        if group is not None:   # each rank trains on its shuffled shard and evaluates its val share
+            train_loader, val_loader = group.shard_loaders(train_loader, val_loader, cfg.seed)
+        batches = min(len(train_loader), cfg.max_batches or len(train_loader))
+        # A resume builds the optimizer as it was saved (same groups), then applies the changed settings.
+        optimizer, scheduler = phase.build(model, cfg, batches, saved=self.plan.saved if self.plan else None)
+        if self.plan is not None and phase.first <= start_epoch:   # resuming inside this phase
+            phase.restore(self.plan, model, optimizer, scheduler)
+        if self.plan is not None and len(self.setups) == 1:   # once, right before the first epoch that runs
+            restore_random(self.plan, loaders.train.generator)
+        if self.run_dir is None:
+            self.run_dir = self._folder(fast)
+        forward_model, hooks = fast.forward_model, None
+        if cfg.compile:
+            forward_model = torch.compile(forward_model or model)
+        if group is not None:   # DDP trains through the wrapper; each rank evaluates the plain module
+            hooks = group.fit_hooks(forward_model or model)
+            forward_model = group.wrap(forward_model or model)
+        line = phase.announce(number, len(self.phases), model, cfg)
+        if line:
+            log(line)
+        saver = CheckpointSaver(self.run_dir, class_names=loaders.class_names, freeze=phase.preset,
+                                image_size=cfg.image_size, config=cfg.to_dict() | {
+                                    "route": fast.name, "probe_result": self.probe and self.probe.as_dict()})
+        saver.saved_epoch = start_epoch if (self.run_dir / LATEST).is_file() and start_epoch else None
+        try:
+            return fit(model, train_loader, val_loader, optimizer, group.fit_config(cfg) if group else cfg,
+                       scheduler=scheduler, saver=distributed.MainOnlySaver(saver, group) if group else saver,
+                       forward_model=forward_model, start_epoch=max(start_epoch, phase.first - 1), last=phase.last,
+                       total=cfg.epochs, history=history, generator=loaders.train.generator, log=self.say,
+                       hooks=hooks, row_extra={"route": fast.name, **phase.row,
+                                               **({"processes": group.world} if group else {})})
+        finally:
+            phase.close(scheduler)
+
+    def _folder(self, fast) -> Path:
+        """The run folder and its ``args.json`` (one rank writes, every rank learns where it is)."""
+        cfg = self.cfg
+        args = cfg.to_dict() | {"class_names": self.loaders.class_names, "probe_result": self.probe and
+                                self.probe.as_dict()}
+        if cfg.recipe == "fine_tune":
+            args["phases"] = [p.__dict__ for p in self.phases]
+        else:
+            args |= {"route": fast.name, "route_description": fast.description}
+
+        def create() -> Path:
+            if self.plan is not None:
+                return resume_folder(self.plan, args, log=self.say)
+            run_dir = new_run_dir(cfg.run_name or f"{cfg.arch}_{_kind(cfg)}", cfg.output_dir)
             write_json(args, run_dir / ARGS_JSON)
             return run_dir
 
-        run_dir = group.on_main(create_run_dir, "create the run folder") if group else create_run_dir()
-        start_epoch, history = 0, []
+        return self.group.on_main(create, "prepare the run folder") if self.group else create()
 
-    saver = CheckpointSaver(run_dir, class_names=loaders.class_names, freeze=freeze, image_size=cfg.image_size,
-                            config=cfg.to_dict() | {"fast_path": fast.name, "probe_result": probe_dict})
-    saver.saved_epoch = start_epoch if (run_dir / LATEST).is_file() and start_epoch else None
-    history = fit(model, train_loader, val_loader, optimizer, fit_cfg, scheduler=scheduler,
-                  saver=distributed.MainOnlySaver(saver, group) if group else saver,
-                  forward_model=forward_model, start_epoch=start_epoch, history=history,
-                  generator=loaders.train.generator, log=say, eval_model=eval_model, distributed=group,
-                  row_extra={"path": fast.name, **({"processes": group.world} if group else {})})
-    result = RunResult(model, history, run_dir, loaders.class_names, best_from_history(history), cfg,
-                       route=fast.description, fast_path=fast.name, cache_seconds=fast.seconds, probe=probe,
-                       fast=fast)
-    if probe is not None:
-        log(result.versus_probe())
-    return result
+    def result(self, model: nn.Module, history: list[dict]) -> RunResult:
+        if self.cfg.recipe == "fine_tune":   # the details of each route were logged when it was chosen
+            words = "; ".join(f"{p.preset}: {fast.description.split(' (')[0]}" for p, fast in self.setups)
+            setup = None
+        else:
+            words, setup = self.setups[0][1].description, self.setups[0][1]
+        result = RunResult(model, history, self.run_dir, self.loaders.class_names, best_from_history(history),
+                           self.cfg, route="+".join(fast.name for _, fast in self.setups) or "none",
+                           route_description=words or "nothing left to train", probe=self.probe, fast=setup,
+                           cache_seconds=sum(fast.seconds for _, fast in self.setups))
+        if self.probe is not None:
+            self.log(result.versus_probe())
+        return result
+
+
+def _kind(cfg: TrainConfig) -> str:
+    return "fine_tune" if cfg.recipe == "fine_tune" else cfg.freeze
+
+
+def _finished(plan: ResumePlan, model: nn.Module, loaders: Loaders, cfg: TrainConfig) -> RunResult:
+    """A resume with nothing left to train: the run as its checkpoint holds it."""
+    history, saved = upgrade_rows(plan.checkpoint["history"]), plan.checkpoint["config"]
+    probe = ProbeResult.from_dict(saved["probe_result"]) if saved.get("probe_result") else None
+    name = route_of(saved)
+    return RunResult(model, history, plan.run_dir, loaders.class_names, best_from_history(history), cfg,
+                     route=name, route_description=name, probe=probe)

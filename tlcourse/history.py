@@ -16,6 +16,22 @@ HISTORY_JSON, HISTORY_CSV = "history.json", "history.csv"
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
 
+def route_of(record: dict, default: str = "plain") -> str:
+    """The training route a history row, ``args.json`` or a checkpoint's config records.
+
+    Runs written before the rename call it ``path`` (history rows) or ``fast_path`` (args, checkpoints).
+    """
+    for key in ("route", "fast_path", "path"):
+        if isinstance(record.get(key), str):
+            return record[key]
+    return default
+
+
+def upgrade_rows(history: list[dict]) -> list[dict]:
+    """History rows of an older run with the route under its current name (``route``, was ``path``)."""
+    return [{("route" if key == "path" else key): value for key, value in row.items()} for row in history]
+
+
 def best_from_history(history: list[dict]) -> dict:
     """Best validation accuracy and loss and their epochs (the first epoch wins a tie)."""
     if not history:

@@ -6,7 +6,8 @@ epoch prints one line::
     EPOCH 6/10  train_loss=0.1858 train_acc=1.0000  val_loss=0.2504 val_acc=1.0000  lr=0.001  time=4.2s
 
 ``fit`` takes a ``TrainConfig`` (epochs, device, precision, progress) and an optional
-``CheckpointSaver``; ``tlcourse.engine.train`` builds everything for a whole run and calls it.
+``CheckpointSaver``; ``tlcourse.engine.train`` builds everything for a whole run and calls it once
+per phase, with the run's epoch numbers and, with several processes, ``FitHooks``.
 """
 
 from __future__ import annotations
@@ -138,31 +139,51 @@ def evaluate(model: nn.Module, loader, loss_fn: nn.Module | None = None, device:
 
 # --------------------------------------------------------------------------- the epoch loop
 
+class FitHooks:
+    """What a run spread over several processes changes inside ``fit`` (one process: nothing).
+
+    ``tlcourse.distributed.Group.fit_hooks`` supplies them: the module each process evaluates (the
+    plain module under the DDP wrapper that trains), the metrics summed over the processes, and the
+    BatchNorm buffers made equal before evaluation. ``fit`` knows nothing else about processes.
+    """
+
+    eval_model: nn.Module | None = None        # evaluated instead of the module fed training batches
+
+    def reduce_stats(self, stats: dict) -> dict:
+        """The epoch's metrics over the whole run (here: this process's)."""
+        return stats
+
+    def after_train(self, model: nn.Module) -> None:
+        """Called after each training epoch, before evaluating ``model``."""
+
+
 def fit(model: nn.Module, train_loader, val_loader, optimizer, config: TrainConfig, *,
         scheduler=None, saver: CheckpointSaver | None = None, loss_fn: nn.Module | None = None,
         forward_model: nn.Module | None = None, start_epoch: int = 0, history: list[dict] | None = None,
         generator: torch.Generator | None = None, log: Callable[[str], None] = print,
-        row_extra: dict | None = None, eval_model: nn.Module | None = None, distributed=None) -> list[dict]:
-    """Train for epochs ``start_epoch+1 .. config.epochs``, validating after each; return the history.
+        row_extra: dict | None = None, last: int | None = None, total: int | None = None,
+        hooks: FitHooks | None = None) -> list[dict]:
+    """Train epochs ``start_epoch+1 .. last``, validating after each; return the history.
 
-    From ``config`` it takes ``epochs``, ``device``, ``amp``, ``channels_last``, ``max_batches``
+    ``last`` defaults to ``config.epochs``; ``total`` is the run's epoch count (default ``last``):
+    a run of several phases (``tlcourse.engine``) calls ``fit`` once per phase, and every line
+    (``EPOCH k/total``, the resume hint after Ctrl-C) counts the run's epochs.
+    From ``config`` it takes ``device``, ``amp``, ``channels_last``, ``max_batches``, ``label_smoothing``
     and ``progress``. With a ``saver`` every epoch is checkpointed (see ``CheckpointSaver``).
     ``loss_fn`` defaults to the loss that fits the model's head (with ``label_smoothing`` for
     training; validation reports the unsmoothed loss). ``forward_model`` (default:
-    ``model``) is what the batches are fed to; ``model`` is what gets saved: the fast path trains
+    ``model``) is what the batches are fed to; ``model`` is what gets saved: the fast route trains
     only the head on cached features but saves the whole network. ``generator`` is the training
     loader's shuffling generator, saved for an exact resume. ``row_extra`` is added to every
-    history row (``train`` records which route ran).
-
-    With several processes (``tlcourse.distributed``) ``forward_model`` is the DDP wrapper,
-    ``eval_model`` the module it wraps (each rank evaluates its own share of the validation set),
-    and ``distributed`` the ``Group`` that sums the metrics over the ranks.
+    history row (``train`` records which route ran). ``hooks``: see :class:`FitHooks`.
     """
     cfg = config.resolved()
-    epochs = cfg.epochs
+    last = cfg.epochs if last is None else last
+    total = last if total is None else total
+    hooks = hooks or FitHooks()
     device = select_device(cfg.device)
     forward_model = forward_model or model
-    eval_model = eval_model or forward_model
+    eval_model = hooks.eval_model or forward_model
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -177,19 +198,16 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, config: TrainConf
 
     epoch = start_epoch
     try:
-        for epoch in range(start_epoch + 1, epochs + 1):
+        for epoch in range(start_epoch + 1, last + 1):
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             set_epoch(train_loader, epoch)
-            train_stats = train_one_epoch(forward_model, train_loader, optimizer, loss_fn, device, scaler=scaler,
-                                          desc=f"epoch {epoch}/{epochs} train", **common)
-            if distributed is not None:
-                train_stats = distributed.reduce_stats(train_stats)
-                distributed.sync_buffers(eval_model)
-            val_stats = evaluate(eval_model, val_loader, val_loss_fn, device, desc=f"epoch {epoch}/{epochs} val",
-                                 **common)
-            if distributed is not None:
-                val_stats = distributed.reduce_stats(val_stats)
+            train_stats = hooks.reduce_stats(train_one_epoch(
+                forward_model, train_loader, optimizer, loss_fn, device, scaler=scaler,
+                desc=f"epoch {epoch}/{total} train", **common))
+            hooks.after_train(eval_model)
+            val_stats = hooks.reduce_stats(evaluate(eval_model, val_loader, val_loss_fn, device,
+                                                    desc=f"epoch {epoch}/{total} val", **common))
             if scheduler is not None:
                 scheduler.step()
             row = {"epoch": epoch, "train_loss": train_stats["loss"], "train_acc": train_stats["acc"],
@@ -203,13 +221,13 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer, config: TrainConf
                 saver.save(model, history=history, best=best, marks=marks, optimizer=optimizer,
                            scheduler=scheduler, rng=rng_state(generator))
             if not quiet:
-                log(format_epoch(row, epochs, ("  *" + ",".join(marks)) if marks else ""))
+                log(format_epoch(row, total, ("  *" + ",".join(marks)) if marks else ""))
     except KeyboardInterrupt:
         saved = saver.saved_epoch if saver is not None else None
         if saved:
-            log(f"interrupted during epoch {epoch}/{epochs}; {saver.latest} holds epoch {saved}; resume with: "
-                f"python -m tlcourse train --resume {saver.latest} --epochs {epochs}")
+            log(f"interrupted during epoch {epoch}/{total}; {saver.latest} holds epoch {saved}; resume with: "
+                f"python -m tlcourse train --resume {saver.latest} --epochs {total}")
         else:
-            log(f"interrupted during epoch {epoch}/{epochs}")
+            log(f"interrupted during epoch {epoch}/{total}")
         raise
     return history

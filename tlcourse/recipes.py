@@ -1,4 +1,7 @@
-"""``fine_tune``: fastai's two-phase transfer-learning recipe, in one run folder.
+"""A run's phases: what learns when, at which rates, on which schedule (``tlcourse.engine`` runs them).
+
+A single preset (``recipe="single"``) is one phase: ``freeze`` for ``epochs`` epochs, the
+optimizer and epoch scheduler of the config. ``fine_tune`` is fastai's two-phase recipe, in one run folder.
 
 ``train(recipe="fine_tune", freeze_epochs=1, epochs=E)`` (``--recipe fine_tune`` on the command
 line) runs, as fastai's ``Learner.fine_tune`` does:
@@ -25,28 +28,18 @@ the uninterrupted one).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from . import TLCourseError
-from .checkpoints import ARGS_JSON, CheckpointSaver, model_from_checkpoint, new_run_dir
 from .config import TrainConfig
-from .data import Loaders, loaders_for
-from .device import restore_rng_state, seed_everything, select_device
-from .fast import prepare
-from .files import write_json
-from .freeze import apply_freeze, preset_blocks
-from .history import best_from_history
-from .loops import fit
-from .models import model_for
-from .optim import make_optimizer
-from .resume import check_classes
+from .freeze import preset_blocks
+from .optim import make_optimizer, make_scheduler
+from .resume import ResumePlan, restore_optimizer
 
-__all__ = ["BatchSchedule", "Phase", "fine_tune", "one_cycle", "phases", "spread_lrs"]
+__all__ = ["BatchSchedule", "Phase", "one_cycle", "phases", "run_phases", "spread_lrs"]
 
 #: fastai's fine_tune: phase 1 warms up for 99 % of its steps; phase 2 peaks after 30 %, from peak / 5.
 PHASE1_PCT_START, PHASE2_PCT_START, PHASE2_DIV = 0.99, 0.3, 5.0
@@ -55,14 +48,93 @@ ONE_CYCLE_DIV, ONE_CYCLE_FINAL_DIV = 25.0, 1e5
 
 @dataclass(frozen=True)
 class Phase:
+    """Epochs ``first..last`` of a run (1-based, counted across the run) with ``preset`` learning.
+
+    ``recipe`` says how the phase builds its optimizer and schedule: ``"single"`` as the config
+    says (one epoch scheduler), ``"fine_tune"`` per-block rates and a per-batch schedule.
+    """
+
     preset: str         # what learns: "head", "last_stage" or "all"
     first: int          # first epoch (1-based, counted across the run)
     last: int           # last epoch
     lr: float           # the head's peak learning rate
+    recipe: str = "fine_tune"
 
     @property
     def epochs(self) -> int:
         return self.last - self.first + 1
+
+    @property
+    def row(self) -> dict:
+        """Added to each history row: which phase trained the epoch (a single preset adds nothing)."""
+        return {} if self.recipe == "single" else {"phase": self.preset}
+
+    def build(self, model, cfg: TrainConfig, batches: int, saved: TrainConfig | None = None):
+        """``(optimizer, scheduler)`` for this phase; ``batches``: optimizer steps per epoch.
+
+        ``saved``: a resumed single-preset run's settings as saved, so the optimizer has the saved
+        groups (``restore`` then applies what changed, see ``tlcourse.resume``).
+        """
+        if self.recipe == "single":
+            base = saved or cfg
+            optimizer = make_optimizer(model, cfg.optimizer, base.lr, weight_decay=base.weight_decay,
+                                       momentum=base.momentum, head_lr_mult=base.head_lr_mult)
+            return optimizer, make_scheduler(optimizer, cfg.scheduler, epochs=base.epochs,
+                                             step_size=base.step_size, gamma=base.gamma)
+        rates = self.block_lrs(model, cfg)
+        optimizer = make_optimizer(model, cfg.optimizer, self.lr, weight_decay=cfg.weight_decay,
+                                   momentum=cfg.momentum, block_lrs=rates)
+        optimizer.param_groups.reverse()   # the head's group first: the history's lr column is the head's
+        return optimizer, _schedule(optimizer, cfg, self, self.preset != "head", batches)
+
+    def block_lrs(self, model, cfg: TrainConfig) -> dict[str, float] | None:
+        """fine_tune's unfrozen phase: a rate per block (:func:`spread_lrs`); otherwise one rate."""
+        if self.recipe == "single" or self.preset == "head":
+            return None
+        return spread_lrs(preset_blocks(model, self.preset), self.lr, cfg.lr_mult)
+
+    def restore(self, plan: ResumePlan, model, optimizer, scheduler) -> None:
+        """Continue inside this phase: the saved optimizer and schedule, with this session's settings."""
+        if self.recipe == "single":
+            restore_optimizer(plan, model, optimizer, scheduler)
+        else:
+            _restore(optimizer, scheduler, plan.checkpoint)
+
+    def announce(self, number: int, count: int, model, cfg: TrainConfig) -> str | None:
+        """The line printed when a fine_tune phase starts (a single preset prints none)."""
+        if self.recipe == "single":
+            return None
+        rates = self.block_lrs(model, cfg)
+        spread = (f"{min(rates.values()):.3g} ({next(iter(rates))}) .. {self.lr:.3g} (head)" if rates
+                  else f"{self.lr:.3g}")
+        return (f"phase {number}/{count}: {self.preset}, epochs {self.first}-{self.last} of {cfg.epochs}, "
+                f"peak lr {spread}, {cfg.phase_schedule} per batch")
+
+    @staticmethod
+    def close(scheduler) -> None:
+        """Remove a per-batch schedule's hook from the optimizer when the phase ends."""
+        if isinstance(scheduler, BatchSchedule):
+            scheduler.close()
+
+
+def run_phases(cfg: TrainConfig, resume: ResumePlan | None = None) -> list[Phase]:
+    """The phases of a run (its config resolved), checked against the checkpoint it resumes."""
+    if cfg.recipe != "fine_tune":
+        return [Phase(cfg.freeze, 1, cfg.epochs, cfg.lr, recipe="single")]
+    if resume is not None and _saved_recipe(resume) != "fine_tune":
+        raise TLCourseError(f"{resume.path} was trained with recipe={_saved_recipe(resume)!r}; resume it without "
+                            "--recipe fine_tune (or start a new fine_tune run)")
+    plan = phases(cfg)
+    if resume is not None:
+        if not resume.in_place:
+            raise TLCourseError(f"{resume.path} is not the newest checkpoint of its fine_tune run; resume from the "
+                                "run's latest.pt (continuing an older one would overwrite the later epochs)")
+        _check_resume(resume.checkpoint, cfg, plan, resume.path)
+    return plan
+
+
+def _saved_recipe(resume: ResumePlan) -> str:
+    return (resume.checkpoint.get("config") or {}).get("recipe", "single")
 
 
 def phases(cfg: TrainConfig) -> list[Phase]:
@@ -152,16 +224,6 @@ def _schedule(optimizer, cfg: TrainConfig, phase: Phase, second: bool, batches: 
     return BatchSchedule(optimizer, one_cycle(total, PHASE1_PCT_START))
 
 
-def _phase_log(phase: Phase, total: int, log: Callable[[str], None]) -> Callable[[str], None]:
-    """``fit`` numbers epochs up to the phase's last; the learner wants the run's (and its resume hint)."""
-    pattern = re.compile(rf"^(EPOCH \d+|interrupted during epoch \d+)/{phase.last}\b")
-
-    def rewrite(line: str) -> None:
-        line = pattern.sub(rf"\g<1>/{total}", line).replace(f"--epochs {phase.last}", f"--epochs {total}")
-        log(line)
-    return rewrite
-
-
 def _check_resume(checkpoint: dict, cfg: TrainConfig, plan: list[Phase], source) -> None:
     saved = checkpoint.get("config") or {}
     epoch = checkpoint["epoch"]
@@ -203,86 +265,3 @@ def _restore(optimizer, schedule: BatchSchedule, checkpoint: dict) -> None:
     for group, lr in zip(optimizer.param_groups, lrs):
         group["lr"] = lr
     scheduler._last_lr = lrs
-
-
-def fine_tune(cfg: TrainConfig, *, resume: str | Path | None = None, checkpoint: dict | None = None,
-              loaders: Loaders | None = None, log: Callable[[str], None] = print, in_place: bool = True):
-    """Run (or resume) a fine_tune config; returns a ``RunResult`` spanning both phases.
-
-    ``in_place``: the checkpoint is its run's newest (``tlcourse.resume``); an older one is refused,
-    since continuing it would overwrite the run's later checkpoints.
-    """
-    from .engine import RunResult
-
-    cfg = cfg.resolved()
-    if checkpoint is not None and (checkpoint.get("config") or {}).get("recipe", "single") != "fine_tune":
-        recipe = (checkpoint.get("config") or {}).get("recipe", "single")
-        raise TLCourseError(f"{resume} was trained with recipe={recipe!r}; resume it without --recipe fine_tune "
-                            "(or start a new fine_tune run)")
-    plan = phases(cfg)
-    if checkpoint is not None and not in_place:
-        raise TLCourseError(f"{resume} is not the newest checkpoint of its fine_tune run; resume from the run's "
-                            "latest.pt (continuing an older one would overwrite the later epochs)")
-    device = select_device(cfg.device)
-    seed_everything(cfg.seed)
-    loaders = loaders or loaders_for(cfg)
-    quiet = cfg.progress == "none"
-    say = (lambda line: None) if quiet else log
-    if checkpoint is not None:
-        _check_resume(checkpoint, cfg, plan, resume)
-        check_classes(checkpoint, loaders.class_names, loaders.data_dir, resume)
-        model = model_from_checkpoint(checkpoint, source=str(resume))
-        run_dir = Path(resume).resolve().parent
-        start_epoch, history = checkpoint["epoch"], list(checkpoint["history"])
-        if start_epoch >= cfg.epochs:
-            say(f"{resume} already finished epoch {start_epoch} of {cfg.epochs}; pass a larger epochs to continue")
-    else:
-        model = model_for(cfg, len(loaders.class_names))
-        run_dir = new_run_dir(cfg.run_name or f"{cfg.arch}_fine_tune", cfg.output_dir)
-        write_json(cfg.to_dict() | {"class_names": loaders.class_names,
-                                    "phases": [p.__dict__ for p in plan]}, run_dir / ARGS_JSON)
-        start_epoch, history = 0, []
-    model.to(device)
-
-    routes, names, cache_seconds, restored = [], [], 0.0, False
-    for number, phase in enumerate(plan, 1):
-        if start_epoch >= phase.last:
-            continue
-        second = phase.preset != "head"
-        apply_freeze(model, phase.preset, bn_eval=cfg.bn_eval)
-        # The phase's own preset decides its route and cached views (fast_views None: the preset's default).
-        fast = prepare(model, loaders, cfg.replace(freeze=phase.preset, recipe="single"), device, log=say)
-        rates = spread_lrs(preset_blocks(model, phase.preset), phase.lr, cfg.lr_mult) if second else None
-        optimizer = make_optimizer(model, cfg.optimizer, phase.lr, weight_decay=cfg.weight_decay,
-                                   momentum=cfg.momentum, block_lrs=rates)
-        optimizer.param_groups.reverse()   # the head's group first: the history's lr column is the head's
-        batches = min(len(fast.train_loader), cfg.max_batches or len(fast.train_loader))
-        schedule = _schedule(optimizer, cfg, phase, second, batches)
-        if checkpoint is not None and phase.first <= start_epoch:   # resuming inside this phase
-            _restore(optimizer, schedule, checkpoint)
-        if checkpoint is not None and not restored:   # once, right before the first epoch that runs
-            restore_rng_state(checkpoint["rng"], loaders.train.generator)
-            restored = True
-        spread = (f"{min(rates.values()):.3g} ({next(iter(rates))}) .. {phase.lr:.3g} (head)" if rates
-                  else f"{phase.lr:.3g}")
-        say(f"phase {number}/{len(plan)}: {phase.preset}, epochs {phase.first}-{phase.last} of {cfg.epochs}, "
-            f"peak lr {spread}, {cfg.phase_schedule} per batch")
-        saver = CheckpointSaver(run_dir, class_names=loaders.class_names, freeze=phase.preset,
-                                image_size=cfg.image_size, config=cfg.to_dict() | {"fast_path": fast.name})
-        saver.saved_epoch = start_epoch or None
-        forward_model = torch.compile(fast.forward_model or model) if cfg.compile else fast.forward_model
-        try:
-            history = fit(model, fast.train_loader, fast.val_loader, optimizer, cfg.replace(epochs=phase.last),
-                          scheduler=schedule, saver=saver, forward_model=forward_model,
-                          start_epoch=max(start_epoch, phase.first - 1), history=history,
-                          generator=loaders.train.generator, log=_phase_log(phase, cfg.epochs, log),
-                          row_extra={"path": fast.name, "phase": phase.preset})
-        finally:
-            schedule.close()
-        start_epoch = phase.last
-        routes.append(f"{phase.preset}: {fast.description.split(' (')[0]}")   # the details were logged above
-        names.append(fast.name)
-        cache_seconds += fast.seconds
-    return RunResult(model, history, run_dir, loaders.class_names, best_from_history(history), cfg,
-                     route="; ".join(routes) or "nothing left to train", fast_path="+".join(names) or "none",
-                     cache_seconds=cache_seconds)

@@ -121,19 +121,40 @@ def restore_state(plan: ResumePlan, model, optimizer, scheduler, generator, log=
 
     Every process of a run does this; only one writes the folder (:func:`resume_folder`).
     """
+    restore_optimizer(plan, model, optimizer, scheduler)
+    restore_random(plan, generator)
+    if plan.changed:
+        log(changed_line(plan))
+
+
+def restore_optimizer(plan: ResumePlan, model, optimizer, scheduler) -> None:
+    """The saved optimizer and scheduler state, then the settings this session changed (:func:`apply_changes`)."""
     ckpt = plan.checkpoint
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler"):
             scheduler.load_state_dict(ckpt["scheduler"])
-        restore_rng_state(ckpt["rng"], generator)
     except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as exc:
-        raise TLCourseError(f"checkpoint {plan.path}: its optimizer or random state does not fit the model "
-                            f"({type(exc).__name__}); the file is damaged, use another checkpoint") from None
+        raise _damaged(plan, exc) from None
     apply_changes(plan, model, optimizer, scheduler)
-    if plan.changed:
-        log("resuming with changed settings: "
-            + ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in plan.changed.items()))
+
+
+def restore_random(plan: ResumePlan, generator) -> None:
+    """The random state the checkpoint saved (Python, torch, the training loader's shuffle)."""
+    try:
+        restore_rng_state(plan.checkpoint["rng"], generator)
+    except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as exc:
+        raise _damaged(plan, exc) from None
+
+
+def changed_line(plan: ResumePlan) -> str:
+    return "resuming with changed settings: " + ", ".join(f"{name} {old!r} -> {new!r}"
+                                                          for name, (old, new) in plan.changed.items())
+
+
+def _damaged(plan: ResumePlan, exc: BaseException) -> TLCourseError:
+    return TLCourseError(f"checkpoint {plan.path}: its optimizer or random state does not fit the model "
+                         f"({type(exc).__name__}); the file is damaged, use another checkpoint")
 
 
 def resume_folder(plan: ResumePlan, args: dict, log=print) -> Path:
