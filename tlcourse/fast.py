@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision import transforms
 
-from . import TLCourseError
+from . import TLCourseError, backbone_runtime
 from .archs import ArchSpec, spec_of
 from .config import FAST_MODES, TrainConfig
 from .data import IMAGENET_MEAN, IMAGENET_STD, Loaders, augmentations, load_image, resize_size
@@ -548,11 +548,14 @@ def _run_jobs(jobs: list[_Job], model: nn.Module, cfg: TrainConfig, device: torc
 
     parts = parts_of(model)
     spec = spec_of(model)
+    size = cfg.image_size
+    runtime, run_parts = backbone_runtime.frozen_parts(parts, cfg.backbone_runtime, device,
+                                                       torch.zeros(1, 3, size, size), cache=cache, arch=spec.name)
     fingerprints: dict[str, str] = {}
     if cache.enabled and any(isinstance(job.dataset, SampleViews) for job in jobs):
         fingerprints["layer3"] = fingerprint_module(parts[0][1])
         fingerprints["features"] = fingerprints["layer3"] + "+" + fingerprint_module(parts[1][1])
-    results, counts = {}, {"passes": 0, "read": 0, "pass_seconds": 0.0, "images": 0}
+    results, counts = {}, {"passes": 0, "read": 0, "pass_seconds": 0.0, "images": 0, "runtime": runtime}
     todo = []                                   # (job, keys, sinks) still to compute
     for job in jobs:
         keys = {}
@@ -563,7 +566,7 @@ def _run_jobs(jobs: list[_Job], model: nn.Module, cfg: TrainConfig, device: torc
                              "model": fingerprints[out], "dtype": str(dt).replace("torch.", ""),
                              **job.dataset.identity(), "torch": torch.__version__,
                              "torchvision": torchvision.__version__, "device": device.type,
-                             "channels_last": cfg.channels_last}
+                             "channels_last": cfg.channels_last, "runtime": runtime}
         got, targets = {}, None
         for out, key in keys.items():
             hit = cache.load(key, memory_limit=0 if stream else None) if key is not None else None
@@ -589,14 +592,14 @@ def _run_jobs(jobs: list[_Job], model: nn.Module, cfg: TrainConfig, device: torc
     if together:
         images = sum(len(job.dataset) for job, _, _ in together)
         workers = pass_workers(cfg, together[0][0].dataset, images)
-        all_targets = run_passes(parts, [(job.dataset, sinks) for job, _, sinks in together],
+        all_targets = run_passes(run_parts, [(job.dataset, sinks) for job, _, sinks in together],
                                  num_workers=workers, report=pass_progress(images, cfg.progress), **common)
         for (job, keys, sinks), targets in zip(together, all_targets):
             _finish(results, job, keys, sinks, targets)
     for job, keys, sinks in (t for t in todo if t[0].stream_seed is not None):
         with torch.random.fork_rng(devices=[]):                  # any other dataset: its own seeded stream
             torch.manual_seed(job.stream_seed)
-            targets = run_pass(parts, job.dataset, sinks, num_workers=cfg.num_workers, keep_rng=False, **common)
+            targets = run_pass(run_parts, job.dataset, sinks, num_workers=cfg.num_workers, keep_rng=False, **common)
         _finish(results, job, keys, sinks, targets)
     counts["passes"] = len(todo)
     counts["images"] = sum(len(job.dataset) for job, _, _ in todo)
@@ -720,7 +723,7 @@ def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
     if counts["passes"]:
         done.append(f"{counts['passes']} pass(es) over {counts['images']} images computed in "
                     f"{counts['pass_seconds']:.1f} s ({counts['images'] / max(counts['pass_seconds'], 1e-9):.0f} "
-                    "images/s)")
+                    f"images/s, {counts['runtime']})")
     if counts["read"]:
         done.append(f"{counts['read']} entr{'y' if counts['read'] == 1 else 'ies'} read from the feature cache")
     if name == "views" and cfg.fast_views == 1:
