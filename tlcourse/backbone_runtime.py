@@ -22,7 +22,6 @@ cached graph is reported by the cache and exported again. Never a crash, never a
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from collections.abc import Callable
 
@@ -31,7 +30,8 @@ from torch import nn
 
 from .config import BACKBONE_RUNTIMES as RUNTIMES
 
-__all__ = ["OPSET", "RUNTIMES", "OrtPart", "frozen_parts", "onnxruntime_version", "ort_threads", "runtime_name"]
+__all__ = ["OPSET", "RUNTIMES", "OrtPart", "decode_workers", "frozen_parts", "onnxruntime_version", "ort_threads",
+           "runtime_name"]
 
 OPSET = 17
 #: Bump when the way graphs are exported changes: old cached graphs are then not used.
@@ -47,9 +47,24 @@ def onnxruntime_version() -> str | None:
     return onnxruntime.__version__
 
 
-def ort_threads() -> int:
-    """Intra-op threads of a session: the threads torch would use (one per core, ``torch.get_num_threads``)."""
+def _cores() -> int:
+    """The cores this process may use: torch's intra-op thread count (one per core unless set lower)."""
     return max(1, torch.get_num_threads())
+
+
+def decode_workers() -> int:
+    """Loader workers that decode beside an ONNX Runtime pass: half the cores (1 of 2).
+
+    On 2 cores, measured (``python -m tlcourse bench``): JPEG decode + resize of one worker keeps
+    up with a one-thread session, while 2 workers + 2 session threads oversubscribe the cores and
+    lose what the runtime gains. The cores are split, not shared.
+    """
+    return max(1, _cores() // 2)
+
+
+def ort_threads() -> int:
+    """Intra-op threads of a session: the cores the decoding workers leave (1 of 2, 2 of 4)."""
+    return max(1, _cores() - _cores() // 2)
 
 
 def runtime_name(requested: str, device) -> tuple[str, str]:
@@ -187,4 +202,4 @@ def _eval_output(part: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def threads_note() -> str:
     """How many threads decode and how many run the network (for logs and the benchmark)."""
-    return f"{ort_threads()} ONNX Runtime intra-op thread(s), {os.cpu_count()} CPU core(s)"
+    return f"{decode_workers()} decoding worker(s) + {ort_threads()} ONNX Runtime thread(s) on {_cores()} core(s)"

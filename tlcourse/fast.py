@@ -592,6 +592,8 @@ def _run_jobs(jobs: list[_Job], model: nn.Module, cfg: TrainConfig, device: torc
     if together:
         images = sum(len(job.dataset) for job, _, _ in together)
         workers = pass_workers(cfg, together[0][0].dataset, images)
+        if runtime != "torch" and workers and cfg.cache_workers is None:
+            workers = backbone_runtime.decode_workers()         # the other cores run the session
         all_targets = run_passes(run_parts, [(job.dataset, sinks) for job, _, sinks in together],
                                  num_workers=workers, report=pass_progress(images, cfg.progress), **common)
         for (job, keys, sinks), targets in zip(together, all_targets):
