@@ -163,3 +163,26 @@ def test_training_on_either_runtime_gives_the_same_result(three_classes, tmp_pat
     again = train(cfg, backbone_runtime="onnxruntime")           # warm: the ORT run's own entries
     assert "read from the feature cache" in again.route and "computed" not in again.route
     assert again.best == ort.best
+
+
+def test_the_benchmark_rows_measure_both_runtimes_on_the_same_batches():
+    from tlcourse.bench_runtime import measure_runtimes, runtime_markdown
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3, weights=None).eval()
+    row = measure_runtimes(model, [torch.randn(2, 3, 64, 64)], repeats=1)
+    assert row["runtime"].startswith("onnxruntime ") and row["max_rel_diff"] < 1e-4
+    assert row["eager_images_per_s"] > 0 and row["runtime_images_per_s"] > 0
+    end = {"images": 2, "runtime": row["runtime"], "workers": 1, "threads": 1, "decode_images_per_s": 1.0,
+           "runtime_images_per_s": 2.0, "pass_images_per_s": 1.0, "ratio": 0.5}
+    text = "\n".join(runtime_markdown({"forward": [{"arch": "resnet18", "weights": "random", **row}],
+                                       "end_to_end": end}))
+    assert "| resnet18 | random |" in text and "**50 %** of the runtime alone" in text
+
+
+def test_bench_help_comes_from_the_package(capsys):
+    from tlcourse.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "--only-runtime" in capsys.readouterr().out

@@ -149,11 +149,13 @@ def cached_graph(part: nn.Module, name: str, example: torch.Tensor, cache, ort_v
 
 
 def frozen_parts(parts: list[tuple[str, nn.Module]], requested: str, device, example: torch.Tensor, *,
-                 cache=None, arch: str = "", log: Callable[[str], None] = print) -> tuple[str, list]:
+                 cache=None, arch: str = "", threads: int | None = None,
+                 log: Callable[[str], None] = print) -> tuple[str, list]:
     """``(runtime, parts)``: the frozen ``parts`` to run on ``example``-shaped batches, and which runtime runs them.
 
     ``runtime`` is ``"onnxruntime <version>"`` or ``"torch"`` (it belongs in the features' cache
-    key). With ONNX Runtime every part is exported (or read from ``cache``) and loaded into a
+    key). ``threads``: the sessions' intra-op threads (default :func:`ort_threads`, the cores the
+    decoding workers leave). With ONNX Runtime every part is exported (or read from ``cache``) and loaded into a
     session now, so a failure falls back to PyTorch before any feature is computed or keyed.
     """
     name, why = runtime_name(requested, device)
@@ -168,7 +170,7 @@ def frozen_parts(parts: list[tuple[str, nn.Module]], requested: str, device, exa
     version = onnxruntime_version()
     try:
         with torch.random.fork_rng(devices=[]):           # exporting draws nothing, but keep a seeded run's stream
-            out = _load_parts(parts, example, cache, version, arch)
+            out = _load_parts(parts, example, cache, version, arch, threads)
     except Exception as exc:   # noqa: BLE001 - any exporter/runtime failure: the eager route still works
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log(f"backbone runtime: PyTorch eager (exporting {arch or 'the frozen part'} to ONNX Runtime failed: "
@@ -177,14 +179,15 @@ def frozen_parts(parts: list[tuple[str, nn.Module]], requested: str, device, exa
     return f"onnxruntime {version}", out
 
 
-def _load_parts(parts: list[tuple[str, nn.Module]], example: torch.Tensor, cache, version: str, arch: str) -> list:
+def _load_parts(parts: list[tuple[str, nn.Module]], example: torch.Tensor, cache, version: str, arch: str,
+                threads: int | None) -> list:
     """Each part as an ONNX Runtime session, its graph read from the cache or exported now."""
     out = []
     x = example.to("cpu", torch.float32)
     for part_name, part in parts:
         what = f"{arch} frozen part up to {part_name} as an ONNX graph (input channels {x.shape[1]})"
         graph = cached_graph(part, part_name, x, cache, version, what)
-        out.append((part_name, OrtPart(graph)))
+        out.append((part_name, OrtPart(graph, threads)))
         with torch.no_grad():
             x = _eval_output(part, x)                   # the next part's example input
     return out
