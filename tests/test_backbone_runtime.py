@@ -186,3 +186,13 @@ def test_bench_help_comes_from_the_package(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     assert "--only-runtime" in capsys.readouterr().out
+
+
+def test_auto_runs_a_small_pass_eagerly_unless_its_graphs_are_cached(tmp_path):
+    parts, cache = _parts(), FeatureCache(tmp_path)
+    small = backbone_runtime.SMALL_PASS - 1
+    assert backbone_runtime.frozen_parts(parts, "auto", "cpu", EXAMPLE, cache=cache, images=small)[0] == "torch"
+    assert backbone_runtime.frozen_parts(parts, "onnxruntime", "cpu", EXAMPLE, cache=cache,
+                                         images=small)[0].startswith("onnxruntime ")      # asked for: exported
+    assert backbone_runtime.frozen_parts(parts, "auto", "cpu", EXAMPLE, cache=cache,
+                                         images=small)[0].startswith("onnxruntime ")      # now cached: cheap

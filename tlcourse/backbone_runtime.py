@@ -34,6 +34,9 @@ __all__ = ["OPSET", "RUNTIMES", "OrtPart", "decode_workers", "frozen_parts", "on
            "runtime_name"]
 
 OPSET = 17
+#: With ``"auto"``, a pass over fewer images runs in eager mode unless its graphs are already cached:
+#: exporting (1-3 s) would cost more than ONNX Runtime saves on so few images.
+SMALL_PASS = 64
 #: Bump when the way graphs are exported changes: old cached graphs are then not used.
 GRAPH_FORMAT = 1
 
@@ -149,14 +152,16 @@ def cached_graph(part: nn.Module, name: str, example: torch.Tensor, cache, ort_v
 
 
 def frozen_parts(parts: list[tuple[str, nn.Module]], requested: str, device, example: torch.Tensor, *,
-                 cache=None, arch: str = "", threads: int | None = None,
+                 cache=None, arch: str = "", threads: int | None = None, images: int | None = None,
                  log: Callable[[str], None] = print) -> tuple[str, list]:
     """``(runtime, parts)``: the frozen ``parts`` to run on ``example``-shaped batches, and which runtime runs them.
 
     ``runtime`` is ``"onnxruntime <version>"`` or ``"torch"`` (it belongs in the features' cache
     key). ``threads``: the sessions' intra-op threads (default :func:`ort_threads`, the cores the
-    decoding workers leave). With ONNX Runtime every part is exported (or read from ``cache``) and loaded into a
-    session now, so a failure falls back to PyTorch before any feature is computed or keyed.
+    decoding workers leave). ``images``: the size of the pass; with ``"auto"`` fewer than
+    :data:`SMALL_PASS` run eagerly unless the graphs are cached. With ONNX Runtime every part is
+    exported (or read from ``cache``) and loaded into a session now, so a failure falls back to
+    PyTorch before any feature is computed or keyed.
     """
     name, why = runtime_name(requested, device)
     if name == "torch":
@@ -168,6 +173,9 @@ def frozen_parts(parts: list[tuple[str, nn.Module]], requested: str, device, exa
         log(f"backbone runtime: PyTorch eager (the frozen part is {odd}; the ONNX route exports float32)")
         return "torch", parts
     version = onnxruntime_version()
+    if requested == "auto" and images is not None and images < SMALL_PASS and not _cached(parts, example, cache,
+                                                                                         version):
+        return "torch", parts
     try:
         with torch.random.fork_rng(devices=[]):           # exporting draws nothing, but keep a seeded run's stream
             out = _load_parts(parts, example, cache, version, arch, threads)
@@ -177,6 +185,19 @@ def frozen_parts(parts: list[tuple[str, nn.Module]], requested: str, device, exa
             f"{type(exc).__name__}: {text[:200]})")
         return "torch", parts
     return f"onnxruntime {version}", out
+
+
+def _cached(parts: list[tuple[str, nn.Module]], example: torch.Tensor, cache, version: str) -> bool:
+    """True if every part's graph is in ``cache`` (a file by its key's name; it is checked when read)."""
+    if cache is None or not cache.enabled:
+        return False
+    x = example.to("cpu", torch.float32)
+    for name, part in parts:
+        if not cache.path(graph_key(part, name, tuple(x.shape[1:2]), version)).is_file():
+            return False
+        with torch.no_grad():
+            x = _eval_output(part, x)
+    return True
 
 
 def _load_parts(parts: list[tuple[str, nn.Module]], example: torch.Tensor, cache, version: str, arch: str,

@@ -550,7 +550,8 @@ def _run_jobs(jobs: list[_Job], model: nn.Module, cfg: TrainConfig, device: torc
     spec = spec_of(model)
     size = cfg.image_size
     runtime, run_parts = backbone_runtime.frozen_parts(parts, cfg.backbone_runtime, device,
-                                                       torch.zeros(1, 3, size, size), cache=cache, arch=spec.name)
+                                                       torch.zeros(1, 3, size, size), cache=cache, arch=spec.name,
+                                                       images=sum(len(job.dataset) for job in jobs))
     fingerprints: dict[str, str] = {}
     if cache.enabled and any(isinstance(job.dataset, SampleViews) for job in jobs):
         fingerprints["layer3"] = fingerprint_module(parts[0][1])
