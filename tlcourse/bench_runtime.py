@@ -43,10 +43,14 @@ def _run(parts, batch: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def measure_runtimes(model, batches: list[torch.Tensor], repeats: int = 3) -> dict:
-    """images/s of the frozen trunk of ``model`` on ``batches``, eager and ONNX Runtime, median of interleaved runs."""
+def measure_runtimes(model, batches: list[torch.Tensor], repeats: int = 3, cache=None) -> dict:
+    """images/s of the frozen trunk of ``model`` on ``batches``, eager and ONNX Runtime, median of interleaved runs.
+
+    ``cache``: a ``FeatureCache`` whose exported graphs to reuse (a training run's), else export now.
+    """
     parts = parts_of(model)
-    runtime, ort = frozen_parts(parts, "onnxruntime", "cpu", batches[0][:1], threads=torch.get_num_threads())
+    runtime, ort = frozen_parts(parts, "onnxruntime", "cpu", batches[0][:1], threads=torch.get_num_threads(),
+                                cache=cache)
     rows = {"torch": [], runtime: []}
     images = sum(len(b) for b in batches)
     reference = _run(parts, batches[0])                                                     # also a warm-up
