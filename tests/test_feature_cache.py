@@ -193,11 +193,10 @@ def test_cache_command_lists_and_clears(tiny_data, tmp_path, one_thread):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     cmd = [sys.executable, "-m", "tlcourse", "cache", "--cache-dir", str(tmp_path / "cache")]
     listed = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    assert listed.returncode == 0 and "5 entries" in listed.stdout and "val view 0" in listed.stdout
+    assert listed.returncode == 0 and "3 entries" in listed.stdout and "val view 0" in listed.stdout
     assert "linear probe" in listed.stdout                      # train and val features, and the probe
-    assert listed.stdout.count("as an ONNX graph") == 2        # the backbone's two parts, for ONNX Runtime
     cleared = subprocess.run(cmd[:4] + ["clear"] + cmd[4:], capture_output=True, text=True, env=env)
-    assert "removed 5 file(s)" in cleared.stdout
+    assert "removed 3 file(s)" in cleared.stdout
     assert "0 entries, 0.0 MB" in subprocess.run(cmd[:4] + ["size"] + cmd[4:], capture_output=True, text=True,
                                                  env=env).stdout
 
