@@ -196,3 +196,18 @@ def test_auto_runs_a_small_pass_eagerly_unless_its_graphs_are_cached(tmp_path):
                                          images=small)[0].startswith("onnxruntime ")      # asked for: exported
     assert backbone_runtime.frozen_parts(parts, "auto", "cpu", EXAMPLE, cache=cache,
                                          images=small)[0].startswith("onnxruntime ")      # now cached: cheap
+
+
+def test_a_cached_graph_onnxruntime_refuses_is_exported_again(tmp_path):
+    parts = _parts()
+    backbone_runtime.frozen_parts(parts, "auto", "cpu", EXAMPLE, cache=FeatureCache(tmp_path))
+    entry = _graphs(FeatureCache(tmp_path))[0]
+    key = entry.header["key"]
+    cache = FeatureCache(tmp_path)                       # an intact entry (checksums fine) that is not a graph
+    writer = cache.writer(key, entry.header["what"])
+    writer.write(torch.zeros(1, 100, dtype=torch.uint8))
+    writer.commit([0])
+    again = FeatureCache(tmp_path)
+    runtime, _ = backbone_runtime.frozen_parts(parts, "auto", "cpu", EXAMPLE, cache=again)
+    assert runtime.startswith("onnxruntime ") and len(again.stored) == 1
+    assert again.load(key)[0].numel() > 100

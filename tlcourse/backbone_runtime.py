@@ -133,10 +133,11 @@ def graph_key(part: nn.Module, name: str, shape: tuple[int, ...], ort_version: s
             "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort_version}
 
 
-def cached_graph(part: nn.Module, name: str, example: torch.Tensor, cache, ort_version: str, what: str) -> bytes:
-    """The ONNX bytes of ``part`` from the feature cache, else exported now (and stored when possible)."""
+def cached_graph(part: nn.Module, name: str, example: torch.Tensor, cache, ort_version: str, what: str, *,
+                 export: bool = False) -> bytes:
+    """The ONNX bytes of ``part`` from the feature cache, else (or with ``export``) exported now and stored."""
     key = graph_key(part, name, tuple(example.shape[1:2]), ort_version)
-    hit = cache.load(key) if cache is not None and cache.enabled else None
+    hit = cache.load(key) if cache is not None and cache.enabled and not export else None
     if hit is not None:
         return hit[0].numpy().tobytes()
     graph = export_graph(part, example)
@@ -208,7 +209,11 @@ def _load_parts(parts: list[tuple[str, nn.Module]], example: torch.Tensor, cache
     for part_name, part in parts:
         what = f"{arch} frozen part up to {part_name} as an ONNX graph (input channels {x.shape[1]})"
         graph = cached_graph(part, part_name, x, cache, version, what)
-        out.append((part_name, OrtPart(graph, threads)))
+        try:
+            session = OrtPart(graph, threads)
+        except Exception:   # noqa: BLE001 - an intact file ONNX Runtime refuses: export it again, once
+            session = OrtPart(cached_graph(part, part_name, x, cache, version, what, export=True), threads)
+        out.append((part_name, session))
         with torch.no_grad():
             x = _eval_output(part, x)                   # the next part's example input
     return out
@@ -223,7 +228,3 @@ def _eval_output(part: nn.Module, x: torch.Tensor) -> torch.Tensor:
         for m, mode in modes.items():
             m.training = mode
 
-
-def threads_note() -> str:
-    """How many threads decode and how many run the network (for logs and the benchmark)."""
-    return f"{decode_workers()} decoding worker(s) + {ort_threads()} ONNX Runtime thread(s) on {_cores()} core(s)"
