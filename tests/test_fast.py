@@ -37,7 +37,8 @@ def no_checkpoint_files(monkeypatch):
 def _config(data_dir, tmp_path, **overrides) -> TrainConfig:
     values = dict(data_dir=str(data_dir), arch="resnet18", weights=None, image_size=SIZE, augment=False,
                   epochs=2, batch_size=4, lr=1e-3, seed=3, device="cpu", progress="none",
-                  output_dir=str(tmp_path / "runs"))
+                  output_dir=str(tmp_path / "runs"),
+                  backbone_runtime="torch")   # caching itself is exact; ONNX Runtime: tests/test_backbone_runtime.py
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -25,6 +25,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step", "cosine")
 FAST_MODES = ("auto", "off", "features", "layer3", "decode")
 FAST_DTYPES = ("float16", "float32")
+BACKBONE_RUNTIMES = ("auto", "onnxruntime", "torch")
 PROGRESS = ("auto", "bar", "epoch", "none")
 BAD_IMAGE_POLICIES = ("error", "skip")
 RECIPES = ("single", "fine_tune")
@@ -187,6 +188,9 @@ class TrainConfig:
                                    "speed", kind=str, optional=True, check=_check_text)
     cache_workers: int | None = option(None, "DataLoader workers of the one-time caching pass; None: one per "
                                        "CPU core, at most 4", "speed", kind=int, optional=True, low=0, high=64)
+    backbone_runtime: str = option("auto", "runtime of the frozen backbone's one-time pass: auto (ONNX Runtime on "
+                                   "the CPU when installed, PyTorch on CUDA/MPS), onnxruntime or torch", "speed",
+                                   choices=BACKBONE_RUNTIMES)
     device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps", "speed",
                          check=_check_device)
     amp: bool = option(False, "mixed precision (autocast; for GPUs)", "speed")

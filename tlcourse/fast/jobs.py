@@ -19,6 +19,7 @@ from ..config import TrainConfig
 from ..data import Loaders
 from ..feature_cache import FeatureCache, fingerprint_module
 from ..pass_progress import pass_progress
+from . import runtime as backbone_runtime
 from .passes import (
     SampleViews,
     Sink,
@@ -91,11 +92,15 @@ def run_jobs(jobs: list[CacheJob], model: nn.Module, cfg: TrainConfig, device: t
 
     parts = parts_of(model)
     spec = spec_of(model)
+    size = cfg.image_size
+    runtime, run_parts = backbone_runtime.frozen_parts(parts, cfg.backbone_runtime, device,
+                                                       torch.zeros(1, 3, size, size), cache=cache, arch=spec.name,
+                                                       images=sum(len(job.dataset) for job in jobs))
     fingerprints: dict[str, str] = {}
     if cache.enabled and any(isinstance(job.dataset, SampleViews) for job in jobs):
         fingerprints["layer3"] = fingerprint_module(parts[0][1])
         fingerprints["features"] = fingerprints["layer3"] + "+" + fingerprint_module(parts[1][1])
-    results, counts = {}, {"passes": 0, "read": 0, "pass_seconds": 0.0, "images": 0}
+    results, counts = {}, {"passes": 0, "read": 0, "pass_seconds": 0.0, "images": 0, "runtime": runtime}
     todo = []                                   # (job, keys, sinks) still to compute
     for job in jobs:
         keys = {}
@@ -106,7 +111,7 @@ def run_jobs(jobs: list[CacheJob], model: nn.Module, cfg: TrainConfig, device: t
                              "model": fingerprints[out], "dtype": str(dt).replace("torch.", ""),
                              **job.dataset.identity(), "torch": torch.__version__,
                              "torchvision": torchvision.__version__, "device": device.type,
-                             "channels_last": cfg.channels_last}
+                             "channels_last": cfg.channels_last, "runtime": runtime}
         got, targets = {}, None
         for out, key in keys.items():
             hit = cache.load(key, memory_limit=0 if stream else None) if key is not None else None
@@ -132,14 +137,16 @@ def run_jobs(jobs: list[CacheJob], model: nn.Module, cfg: TrainConfig, device: t
     if together:
         images = sum(len(job.dataset) for job, _, _ in together)
         workers = pass_workers(cfg, together[0][0].dataset, images)
-        all_targets = run_passes(parts, [(job.dataset, sinks) for job, _, sinks in together],
+        if runtime != "torch" and workers and cfg.cache_workers is None:
+            workers = backbone_runtime.decode_workers()         # the other cores run the session
+        all_targets = run_passes(run_parts, [(job.dataset, sinks) for job, _, sinks in together],
                                  num_workers=workers, report=pass_progress(images, cfg.progress), **common)
         for (job, keys, sinks), targets in zip(together, all_targets):
             _finish(results, job, keys, sinks, targets)
     for job, keys, sinks in (t for t in todo if t[0].stream_seed is not None):
         with torch.random.fork_rng(devices=[]):                  # any other dataset: its own seeded stream
             torch.manual_seed(job.stream_seed)
-            targets = run_pass(parts, job.dataset, sinks, num_workers=cfg.num_workers, keep_rng=False, **common)
+            targets = run_pass(run_parts, job.dataset, sinks, num_workers=cfg.num_workers, keep_rng=False, **common)
         _finish(results, job, keys, sinks, targets)
     counts["passes"] = len(todo)
     counts["images"] = sum(len(job.dataset) for job, _, _ in todo)

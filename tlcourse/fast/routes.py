@@ -186,7 +186,7 @@ def prepare(model: nn.Module, loaders: Loaders, cfg: TrainConfig, device, *,
     if counts["passes"]:
         done.append(f"{counts['passes']} pass(es) over {counts['images']} images computed in "
                     f"{counts['pass_seconds']:.1f} s ({counts['images'] / max(counts['pass_seconds'], 1e-9):.0f} "
-                    "images/s)")
+                    f"images/s, {counts['runtime']})")
     if counts["read"]:
         done.append(f"{counts['read']} entr{'y' if counts['read'] == 1 else 'ies'} read from the feature cache")
     if name == "views" and cfg.fast_views == 1:
