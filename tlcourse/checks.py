@@ -42,7 +42,7 @@ from PIL import Image
 from . import TLCourseError
 from .class_files import SYSTEM_FILES, ClassFiles, _is_ignored_file, list_class  # noqa: F401  (re-exported)
 from .dataset_report import SEVERITIES, DatasetCheck, Problem, printable  # noqa: F401  (re-exported)
-from .image_check import _VERIFIED, describe_load_error, inspect_image  # noqa: F401  (re-exported)
+from .image_check import describe_load_error, forget_verified, inspect_image  # noqa: F401  (re-exported)
 from .images import is_image_file
 
 SPLITS = ("train", "val")

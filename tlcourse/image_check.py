@@ -68,6 +68,11 @@ _VERIFIED: dict[tuple, _ImageReport] = {}
 _VERIFIED_MAX = 200_000
 
 
+def forget_verified() -> None:
+    """Forget which files were already opened, so the next check decodes every image again (benchmarks)."""
+    _VERIFIED.clear()
+
+
 def inspect_image(path: str | Path, *, use_cache: bool = True) -> _ImageReport:
     """Open ``path`` as training will; report its source mode and any problem."""
     path = Path(path)
