@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from conftest import make_image_folder  # noqa: E402
+if str(REPO) not in sys.path:           # `python benchmarks/ddp_equivalence.py` from a checkout
+    sys.path.insert(0, str(REPO))
+from tlcourse.synthetic import make_image_folder  # noqa: E402
 
 
 def main() -> int:

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:           # `python benchmarks/distributed.py` from a checkout
     sys.path.insert(0, str(ROOT))
 
-from tlcourse.config import config_arguments  # noqa: E402
+from tlcourse.commands.config_options import config_arguments  # noqa: E402
 
 #: (name, settings): what each row trains. lr: the course's rates for a head / fine-tuning.
 ROWS = [
@@ -84,8 +84,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     epochs = args.epochs or (1 if args.quick else 3)
     size = args.image_size or (64 if args.quick else 224)
     if args.quick and args.data_dir is None:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import make_image_folder
+        from tlcourse.synthetic import make_image_folder
 
         data_dir = make_image_folder(Path(tempfile.mkdtemp(prefix="tlcourse-bench-")) / "data",
                                      classes=("cat", "dog", "fox"), per_class={"train": 22, "val": 5}, size=(80, 64))

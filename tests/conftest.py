@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from tlcourse import TLCourseError
 from tlcourse.data import fetch
 from tlcourse.models import find_local_weights
 from tlcourse.settings import ENV_CACHE_DIR, ENV_DATA_MIRROR, ENV_WEIGHTS_DIR, data_root
+from tlcourse.synthetic import make_image_folder  # noqa: F401  (tests import it from conftest)
 
 # Keep the two CPU cores for the test process itself; tests use num_workers=0.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -39,28 +39,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def make_image_folder(root: Path, classes=("ants", "bees"), per_class: dict | int = 6,
-                      size=(40, 32), splits=("train", "val")) -> Path:
-    """Write ``root/{split}/{class}/img_N.png`` with one dominant colour per class.
-
-    Classes differ by colour so a network can tell them apart in a few steps; each image gets
-    a little deterministic noise so no two files are identical.
-    """
-    colours = [(220, 40, 40), (40, 60, 220), (40, 200, 60), (200, 200, 40), (160, 40, 200)]
-    generator = torch.Generator().manual_seed(0)
-    for split in splits:
-        count = per_class[split] if isinstance(per_class, dict) else per_class
-        for ci, cls in enumerate(classes):
-            folder = root / split / cls
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                base = torch.tensor(colours[ci % len(colours)], dtype=torch.float32).view(3, 1, 1)
-                noise = torch.randint(-30, 31, (3, size[1], size[0]), generator=generator).float()
-                pixels = (base + noise).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-                Image.fromarray(pixels, "RGB").save(folder / f"img_{i}.png")
-    return root
 
 
 def interrupt_after(monkeypatch, stop_after: int, **cfg) -> None:

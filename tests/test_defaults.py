@@ -42,7 +42,7 @@ def test_none_on_the_command_line_is_a_choice_where_it_is_one():
     """`--scheduler none` turns the schedule off (a choice); `--weights none` means random weights (None)."""
     import argparse
 
-    from tlcourse.config import add_config_arguments, config_overrides
+    from tlcourse.commands.config_options import add_config_arguments, config_overrides
 
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)

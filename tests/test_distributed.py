@@ -34,8 +34,9 @@ from conftest import make_image_folder
 from tlcourse import TLCourseError
 from tlcourse.checkpoints import LATEST, load_checkpoint, model_from_checkpoint
 from tlcourse.cli import build_parser
+from tlcourse.commands.config_options import config_arguments, config_overrides
 from tlcourse.commands.train import worker_arguments
-from tlcourse.config import TrainConfig, config_arguments, config_overrides
+from tlcourse.config import TrainConfig
 from tlcourse.data import make_loaders
 from tlcourse.distributed import EvalShard, ShuffledShards, launch, record_error, root_failure, torchrun_arguments
 from tlcourse.engine import train

@@ -18,8 +18,10 @@ Severities:
   which loads but slowly and with a lot of memory).
 * ``info``: ignored on purpose (``.DS_Store``, ``Thumbs.db``, dotfiles, hidden folders).
 
-Which files belong to a class is decided by :func:`list_class`, which ``ImageFolderRGB`` also
-uses, so the checker and training never disagree.
+Which files belong to a class is decided by :func:`tlcourse.class_files.list_class`, which
+``ImageFolderRGB`` also uses, so the checker and training never disagree. One image is judged by
+``tlcourse.image_check``; the report is ``tlcourse.dataset_report.DatasetCheck``. Their public
+names are re-exported here, the import path notebooks and tests use.
 
 Palette/GIF, greyscale, RGBA, CMYK, 16-bit and EXIF-rotated images are not problems: they are
 converted by ``open_rgb``; the report only counts them.
@@ -32,122 +34,20 @@ import os
 import time
 import unicodedata
 import warnings
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from . import TLCourseError
-from .images import ImageTooLargeError, is_image_file, open_rgb
+from .class_files import SYSTEM_FILES, ClassFiles, _is_ignored_file, list_class  # noqa: F401  (re-exported)
+from .dataset_report import SEVERITIES, DatasetCheck, Problem, printable  # noqa: F401  (re-exported)
+from .image_check import describe_load_error, forget_verified, inspect_image  # noqa: F401  (re-exported)
+from .images import is_image_file
 
 SPLITS = ("train", "val")
 #: An optional split: held-out images scored once at the end (``tlcourse.evaluation``), checked when present.
 OPTIONAL_SPLITS = ("test",)
-SEVERITIES = ("error", "warning", "info")
-#: Files operating systems drop into folders; ignored without a warning.
-SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
-#: ``EXIF`` tag 0x0112: values other than 1 mean "display this rotated or mirrored".
-_ORIENTATION = 0x0112
-
-
-def printable(text: str) -> str:
-    """``text`` safe for any terminal: bytes of a file name that is not UTF-8 shown as ``\\xNN``."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding: ``path`` is relative to the data folder (``.`` is the folder itself)."""
-
-    severity: str
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return printable(f"{self.severity:<7} {self.path}: {self.message}")
-
-
-@dataclass
-class DatasetCheck:
-    """The result of :func:`check_dataset`: problems, image counts and what was converted."""
-
-    data_dir: Path
-    problems: list[Problem] = field(default_factory=list)
-    #: Image files per split and class folder, as ``ImageFolderRGB`` will list them.
-    counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: Relative paths of image files that cannot be loaded (what ``bad_images="skip"`` drops).
-    bad_files: list[str] = field(default_factory=list)
-    #: Source PIL modes of the images that were opened (``RGB``, ``L``, ``P``, ``CMYK``...).
-    modes: Counter = field(default_factory=Counter)
-    exif_rotated: int = 0
-    images_verified: int = 0
-    seconds: float = 0.0
-
-    def add(self, severity: str, path: str, message: str) -> None:
-        self.problems.append(Problem(severity, path, message))
-
-    def _of(self, severity: str) -> list[Problem]:
-        return [p for p in self.problems if p.severity == severity]
-
-    @property
-    def errors(self) -> list[Problem]:
-        return self._of("error")
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return self._of("warning")
-
-    @property
-    def infos(self) -> list[Problem]:
-        return self._of("info")
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    @property
-    def class_names(self) -> list[str]:
-        return sorted({c for per in self.counts.values() for c in per})
-
-    def summary(self) -> str:
-        splits = ", ".join(f"{s} {sum(per.values())}" for s, per in self.counts.items())
-        total = sum(sum(per.values()) for per in self.counts.values())
-        line = (f"{self.data_dir}: {total} images ({splits or 'no splits'}), "
-                f"{len(self.class_names)} classes ({', '.join(self.class_names) or '-'}); "
-                f"{len(self.errors)} errors, {len(self.warnings)} warnings, {len(self.infos)} info")
-        if self.images_verified:
-            line += f"; opened {self.images_verified} images in {self.seconds:.2f} s"
-        return line
-
-    def __str__(self) -> str:
-        ordered = sorted(self.problems, key=lambda p: SEVERITIES.index(p.severity))
-        lines = [str(p) if p.path != "." else printable(f"{p.severity:<7} {self.data_dir}: {p.message}")
-                 for p in ordered]
-        converted = {m: n for m, n in self.modes.items() if m != "RGB"}
-        if converted or self.exif_rotated:
-            parts = [f"{m} {n}" for m, n in sorted(converted.items())]
-            if self.exif_rotated:
-                parts.append(f"EXIF-rotated {self.exif_rotated}")
-            lines.append(f"converted to RGB on load (fine): {', '.join(parts)}")
-        lines.append(printable(self.summary()))
-        return "\n".join(lines)
-
-    def raise_if_errors(self, hint: str = "", *, include_bad_images: bool = True) -> None:
-        """Raise a one-line ``TLCourseError`` naming the first error and how many more there are.
-
-        ``include_bad_images=False`` raises only for structural errors (used when bad images are
-        to be skipped).
-        """
-        errors = [p for p in self.errors if include_bad_images or p.path not in self.bad_files]
-        if not errors:
-            return
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more; `python -m tlcourse data --check {self.data_dir}` lists them)" \
-            if len(errors) > 1 else ""
-        raise TLCourseError(f"{self.data_dir / first.path if first.path != '.' else self.data_dir}: "
-                            f"{first.message}{more}{hint}")
 
 
 # --------------------------------------------------------------------------- errors from workers
@@ -172,96 +72,6 @@ class ImageLoadError(TLCourseError):
         super().__init__(message)
 
 
-# --------------------------------------------------------------------------- one image
-
-def _looks_like_text(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(512)
-    if not head or b"\0" in head:
-        return False
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def describe_load_error(path: str | Path, exc: BaseException) -> str:
-    """What is wrong with an image that ``open_rgb`` could not load, and what to do, in one line."""
-    path = Path(path)
-    detail = " ".join(str(exc).split())
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return f"file disappeared or cannot be read ({detail}); check the folder hasn't changed"
-    if size == 0:
-        return "empty file (0 bytes); delete it or copy the image again"
-    if isinstance(exc, ImageTooLargeError):
-        return detail
-    if isinstance(exc, Image.DecompressionBombError):
-        return (f"image too large to open ({detail}); downscale it, or raise "
-                "PIL.Image.MAX_IMAGE_PIXELS if you trust the file")
-    if isinstance(exc, UnidentifiedImageError):
-        if _looks_like_text(path):
-            return "a text file (HTML page? error message?) with an image name, not an image; delete it"
-        return f"not an image PIL can read ({size} bytes, unknown format); delete it or convert it to JPEG/PNG"
-    if "truncated" in detail.lower() or isinstance(exc, (SyntaxError, EOFError)):
-        return f"truncated or corrupt image ({detail}); the copy or download was cut short, copy it again or delete it"
-    return f"cannot be loaded as an image ({type(exc).__name__}: {detail}); delete or replace it"
-
-
-@dataclass
-class _ImageReport:
-    mode: str | None = None
-    rotated: bool = False
-    severity: str | None = None
-    message: str | None = None
-
-
-#: Reports of files already opened in this process, keyed by what would change if the file (or
-#: PIL's pixel limit) changed: a notebook that builds its loaders several times pays once.
-_VERIFIED: dict[tuple, _ImageReport] = {}
-_VERIFIED_MAX = 200_000
-
-
-def inspect_image(path: str | Path, *, use_cache: bool = True) -> _ImageReport:
-    """Open ``path`` as training will; report its source mode and any problem."""
-    path = Path(path)
-    try:
-        st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, Image.MAX_IMAGE_PIXELS)
-    except OSError:
-        key = None
-    if use_cache and key in _VERIFIED:
-        return _VERIFIED[key]
-    report = _inspect_image(path)
-    if key is not None and len(_VERIFIED) < _VERIFIED_MAX:
-        _VERIFIED[key] = report
-    return report
-
-
-def _inspect_image(path: Path) -> _ImageReport:
-    report = _ImageReport()
-    try:
-        if path.stat().st_size == 0:
-            raise UnidentifiedImageError("empty file")
-        with Image.open(path) as img:  # header only: mode, size, EXIF
-            report.mode = img.mode
-            report.rotated = img.getexif().get(_ORIENTATION, 1) not in (1, None)
-            width, height = img.size
-        open_rgb(path)  # full decode and conversion, exactly as the DataLoader will do
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        report.severity, report.message = "error", describe_load_error(path, exc)
-        return report
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and width * height > limit:
-        report.severity = "warning"
-        report.message = (f"very large image ({width}x{height} = {width * height:,} px, over PIL's "
-                          f"decompression-bomb warning limit of {limit:,} px); it loads, but slowly and with "
-                          "much memory on every epoch; downscale it")
-    return report
-
-
 # --------------------------------------------------------------------------- the folder
 
 def _rel(path: Path, root: Path) -> str:
@@ -270,91 +80,6 @@ def _rel(path: Path, root: Path) -> str:
     except ValueError:
         return str(path)
     return rel or "."
-
-
-def _is_ignored_file(name: str) -> bool:
-    return name.startswith(".") or name.lower() in SYSTEM_FILES
-
-
-def _is_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # undecodable bytes of the file name, kept as surrogates by Python
-        return False
-    return True
-
-
-@dataclass
-class ClassFiles:
-    """What one class folder holds, by the one policy the checker and the training loader share."""
-
-    images: list[Path] = field(default_factory=list)
-    #: ``(severity, path, message)`` for everything left out or worth a look.
-    notes: list[tuple[str, Path, str]] = field(default_factory=list)
-
-
-def list_class(class_dir: Path, class_names=()) -> ClassFiles:
-    """The image files of ``class_dir``, recursively and sorted as torchvision's ``ImageFolder`` walks.
-
-    The policy (``ImageFolderRGB`` lists its samples with this same function):
-
-    * images in sub-folders belong to the class (as in ``ImageFolder``); each sub-folder gets a
-      warning, a louder one when it is named like another class;
-    * hidden files and folders (``.ipynb_checkpoints/``, ``._x.jpg``) are skipped;
-    * a link to a folder *inside* a class folder is not followed: a link back up (``loop -> ..``)
-      would never end, and one to a sibling class would train its images under the wrong label.
-      Links to files are followed, and a class folder may itself be a link (see ``check_split``).
-    """
-    found = ClassFiles()
-    walked: list[tuple[str, list[str]]] = []
-    for folder, dirs, files in os.walk(class_dir):  # followlinks=False: links to folders are listed, not entered
-        kept = []
-        for name in sorted(dirs):
-            path = Path(folder) / name
-            if name.startswith("."):
-                found.notes.append(("info", path, "hidden folder, ignored"))
-            elif path.is_symlink():
-                found.notes.append(("warning", path, _folder_link_note(path, class_dir)))
-            else:
-                kept.append(name)
-        dirs[:] = kept
-        walked.append((folder, files))
-    for folder, files in sorted(walked):
-        for name in sorted(files):
-            path = Path(folder) / name
-            if is_image_file(path):
-                found.images.append(path)
-                if not _is_utf8(name):
-                    found.notes.append(("warning", path, "file name is not valid UTF-8 (shown with \\x escapes); "
-                                                         "it loads, but rename it: zip, Windows and notebooks may not"))
-            elif _is_ignored_file(name):
-                found.notes.append(("info", path, "hidden/system file, ignored"))
-            else:
-                found.notes.append(("warning", path, f"not an image file (suffix {path.suffix or 'none'!r}), "
-                                                     "ignored; move it out of the dataset or convert it to JPEG/PNG"))
-    found.notes += _subfolder_notes(class_dir, found.images, class_names)
-    return found
-
-
-def _folder_link_note(link: Path, class_dir: Path) -> str:
-    target = os.readlink(link)
-    real, class_real = link.resolve(), class_dir.resolve()
-    loop = real == class_real or real in class_real.parents
-    return (f"link to a folder (-> {target}) inside a class folder, not followed"
-            + (": it points back up, a loop" if loop else "")
-            + "; copy the images in, or make the class folder itself the link")
-
-
-def _subfolder_notes(class_dir: Path, images: list[Path], class_names) -> list[tuple[str, Path, str]]:
-    counts: Counter = Counter(p.relative_to(class_dir).parts[0] for p in images if p.parent != class_dir)
-    notes = []
-    for sub, n in sorted(counts.items()):
-        message = (f"sub-folder of class '{class_dir.name}': its {n} image(s) are trained as '{class_dir.name}' "
-                   "(sub-folders are merged into their class)")
-        if sub in class_names and sub != class_dir.name:
-            message += f", not as the class '{sub}' it is named like; move them to ../{sub}/ if they are {sub}"
-        notes.append(("warning", class_dir / sub, message))
-    return notes
 
 
 def list_class_images(class_dir: Path, root: Path, check: DatasetCheck, class_names=()) -> list[Path]:

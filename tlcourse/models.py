@@ -2,7 +2,8 @@
 
 ``build_model("resnet18", num_classes=2, weights="DEFAULT")`` is what the notebooks call.
 Weights are always loaded into the original 1000-class model first, and the head is replaced
-afterwards, exactly as one would do by hand.
+afterwards, exactly as one would do by hand. Where named weights come from (local folder, hub
+cache, download) is decided in ``tlcourse.weights``; its names are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,34 +18,22 @@ from torchvision import models as tvm
 from . import TLCourseError
 from .archs import ARCHS, get_spec
 from .heads import replace_head
-from .offline import is_random, is_weights_file
-from .settings import weights_dir
+from .weights import (
+    check_arch,
+    find_local_weights,
+    is_random,
+    is_weights_file,
+    local_weights_file,
+    locate,
+    weights_cache_path,
+    weights_enum,
+)
 
 __all__ = ["ARCHS", "build_model", "check_arch", "count_parameters", "find_local_weights", "load_backbone_weights",
            "local_weights_file", "replace_head", "weights_cache_path", "weights_enum"]
 
 
-def check_arch(arch: str) -> str:
-    return get_spec(arch).name
-
-
 # --------------------------------------------------------------------------- weights
-
-def weights_enum(arch: str, name: str):
-    """torchvision's weights enum member for ``arch``, e.g. ``ResNet18_Weights.IMAGENET1K_V1``."""
-    enum = tvm.get_model_weights(check_arch(arch))
-    try:
-        return enum[name] if name != "DEFAULT" else enum.DEFAULT
-    except KeyError:
-        choices = ", ".join(["DEFAULT", *(m for m in enum.__members__ if m != "DEFAULT")])
-        raise TLCourseError(f"weights={name!r} is not a {enum.__name__} name; choose one of {choices}") from None
-
-
-def weights_cache_path(arch: str, name: str = "DEFAULT") -> Path:
-    """Where torch hub keeps the downloaded file (``$TORCH_HOME/hub/checkpoints/<file>``)."""
-    url = weights_enum(arch, name).url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
@@ -94,35 +83,17 @@ def load_backbone_weights(model: nn.Module, path: str | Path, arch: str) -> list
     return missing
 
 
-def local_weights_file(arch: str, name: str = "DEFAULT") -> Path | None:
-    """The file in ``TLCOURSE_WEIGHTS_DIR`` that stands for torchvision's ``arch`` weights ``name``.
-
-    torchvision's own file name first (``resnet18-f37072fd.pth``); for ``DEFAULT`` also any
-    backbone named after the arch (``mobilenet_v2_imagenet_backbone.pth``), so an offline
-    classroom's folder works without renaming files.
-    """
-    folder = weights_dir()
-    if folder is None or not folder.is_dir():
-        return None
-    exact = folder / os.path.basename(weights_enum(arch, name).url)
-    if exact.is_file():
-        return exact
-    return find_local_weights(arch) if name == "DEFAULT" else None
-
-
 def _load_named_weights(arch: str, name: str) -> nn.Module:
     member = weights_enum(arch, name)
-    filename = os.path.basename(member.url)
-    local = local_weights_file(arch, name)
-    # torchvision's exact file in TLCOURSE_WEIGHTS_DIR, else the hub cache, else a backbone for
-    # the arch in TLCOURSE_WEIGHTS_DIR, else a download.
-    if local is not None and (local.name == filename or not weights_cache_path(arch, name).is_file()):
+    found = locate(arch, name)  # the one lookup order (tlcourse.weights)
+    if found.file is not None:
         model = tvm.get_model(arch, weights=None)
-        load_backbone_weights(model, local, arch)
+        load_backbone_weights(model, found.file, arch)
         return model
     try:
         return tvm.get_model(arch, weights=member)
     except OSError as exc:  # URLError / no network / proxy refusals
+        filename = os.path.basename(member.url)
         cache = weights_cache_path(arch, name)
         raise TLCourseError(
             f"could not download {arch} weights {member} ({filename}): {exc}. Offline? put "
@@ -169,20 +140,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
-
-
-def find_local_weights(arch: str) -> Path | None:
-    """A weights file for ``arch`` in ``TLCOURSE_WEIGHTS_DIR`` (e.g. ``mobilenet_v2_*.pth``), if any.
-
-    Notebooks use this to pick up the offline classroom's backbone without hard-coding paths.
-    """
-    folder = weights_dir()
-    if folder is None or not folder.is_dir():
-        return None
-    matches = sorted(p for p in folder.iterdir()
-                     if p.is_file() and p.suffix in (".pth", ".pt")
-                     and (p.stem == arch or (p.name.startswith(arch) and p.name[len(arch)] in "-_.")))
-    return matches[0] if matches else None
 
 
 def model_for(cfg, num_classes: int) -> nn.Module:

@@ -13,25 +13,33 @@ download. When they cannot (no network, nothing local), it falls back and prints
 
 Random weights asked for explicitly (``None``/``"none"``) and local files are used as given. The
 course runner calls the same function to plan each notebook's parameters, so a headless run and
-a learner in JupyterLab get the same weights. Nothing here imports torch at module level.
+a learner in JupyterLab get the same weights. Where weights are looked for, and in which order,
+is ``tlcourse.weights``. Nothing here imports torch at module level.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from .archs import ARCHS
 from .settings import ENV_WEIGHTS_DIR, weights_dir
+from .weights import (
+    DOWNLOAD,
+    HUB_CACHE,
+    check_arch,
+    is_random,
+    is_weights_file,
+    locate,
+    weights_cache_path,
+    weights_enum,
+)
 
 #: Where a training notebook looks first when its own arch has no pretrained weights here: the
 #: backbone an offline classroom is most likely to have (see README, "Offline classrooms").
 FALLBACK_ARCHS = ("mobilenet_v2", *(a for a in ARCHS if a != "mobilenet_v2"))
-HUB_CACHE = "torch hub cache"
-DOWNLOAD = "download"
 PROBE_TIMEOUT = 3.0
 
 
@@ -60,16 +68,6 @@ def weights_label(arch: str, weights) -> str:
     return f"{arch} {Path(str(weights)).name if is_weights_file(weights) else weights}"
 
 
-def is_weights_file(weights) -> bool:
-    """A local file rather than a torchvision weights name (the rule ``build_model`` uses)."""
-    text = str(weights)
-    return isinstance(weights, Path) or "/" in text or os.sep in text or text.endswith((".pth", ".pt"))
-
-
-def is_random(weights) -> bool:
-    return weights is None or str(weights).strip().lower() in ("none", "")
-
-
 @functools.lru_cache(maxsize=32)
 def reachable(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
     """Whether a HEAD request for ``url`` succeeds (asked once per process)."""
@@ -83,17 +81,14 @@ def reachable(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
 def find_weights(arch: str, name: str = "DEFAULT", *, network: bool = True) -> tuple[str, str] | None:
     """``(weights to pass to build_model, source)`` for torchvision's ``arch`` weights ``name``, or None.
 
-    The order is ``build_model``'s: torchvision's own file in ``TLCOURSE_WEIGHTS_DIR``, the torch
-    hub cache, any backbone for the arch in ``TLCOURSE_WEIGHTS_DIR`` (``DEFAULT`` only), a download.
-    A local file is returned as its path, so that plain torchvision code can load it too.
+    The order is ``build_model``'s (``tlcourse.weights.locate``); a download counts only when
+    ``network`` is allowed and the file's URL answers. A local file is returned as its path, so
+    that plain torchvision code can load it too.
     """
-    from .models import local_weights_file, weights_cache_path, weights_enum
-
-    local = local_weights_file(arch, name)
-    cache = weights_cache_path(arch, name)
-    if local is not None and (local.name == cache.name or not cache.is_file()):
-        return str(local), ENV_WEIGHTS_DIR
-    if cache.is_file():
+    found = locate(arch, name)
+    if found.file is not None:
+        return str(found.file), found.source
+    if found.source == HUB_CACHE:
         return name, HUB_CACHE
     if network and reachable(weights_enum(arch, name).url):
         return name, DOWNLOAD
@@ -107,8 +102,6 @@ def choose_weights(arch: str, weights: str | Path | None = "DEFAULT", *, pretrai
     ``pretrained_needed``: True for notebooks that train or predict (pass ``not smoke``), False for
     notebooks whose lesson does not depend on the weights. ``echo`` prints the notice (None: silent).
     """
-    from .models import check_arch, weights_cache_path
-
     arch = check_arch(arch)
     if is_random(weights):
         return WeightsChoice(arch, None, False, "random init")

@@ -21,8 +21,10 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from ..course import check_parameter_values, find_notebooks, parse_value, refresh_outputs
-    from ..course import run_course as run_all
+    from ..course_outputs import refresh_outputs
+    from ..course_plan import find_notebooks, parse_value
+    from ..course_runner import run_course as run_all
+    from ..params import check_parameter_values
 
     only = [o for item in args.only for o in item.split(",") if o]
     if args.refresh_outputs:

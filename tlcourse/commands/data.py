@@ -23,7 +23,8 @@ def run(args) -> int:
         print(check)
         return 0 if check.ok else 1
 
-    from ..data import fetch, summarize
+    from ..data_summary import summarize  # neither imports torch
+    from ..download import fetch
 
     path = fetch(args.root, args.mirror, force=args.force)
     print(f"dataset: {path}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import add_config_arguments, config_overrides
 from ._args import positive_int
+from .config_options import add_config_arguments, config_overrides
 
 
 def _positive_float(text: str) -> float:

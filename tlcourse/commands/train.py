@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..config import add_config_arguments, config_arguments, config_overrides
 from ..settings import DIST_TIMEOUT_DEFAULT, ENV_DIST_TIMEOUT
 from ._args import positive_int
+from .config_options import add_config_arguments, config_arguments, config_overrides
 
 #: The torchrun options (``argparse`` destinations) that make ``train`` start several processes.
 LAUNCHER_OPTIONS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_backend",
