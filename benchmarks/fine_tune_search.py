@@ -55,8 +55,13 @@ SETTINGS = {
     "h10_lr3_m3_ls_p5_cos": {"freeze_epochs": 10, "epochs": 15, "lr": 3e-3, "lr_mult": 3.0, "label_smoothing": 0.1,
                              "phase_schedule": "cosine"},
     "h10_lr1_m3_ls_p5": {"freeze_epochs": 10, "epochs": 15, "lr": 1e-3, "lr_mult": 3.0, "label_smoothing": 0.1},
+    # phase 2 = the last_stage preset (3e-4 everywhere, cosine from the peak), after 10 head epochs
+    "h10_lr6e-4_m1_ls_p5_cos": {"freeze_epochs": 10, "epochs": 15, "lr": 6e-4, "lr_mult": 1.0, "label_smoothing": 0.1,
+                                "phase_schedule": "cosine"},
 }
 PRESETS = ("head", "last_stage")
+#: The name of the rows measured with the defaults before this search (SETTINGS["old"]).
+OLD = "old defaults"
 #: Photos per split of the orientation task (x 3 images each).
 ORIENTATION_PHOTOS = {"train": 120, "val": 80}
 
@@ -184,7 +189,8 @@ def table(rows: list[dict]) -> str:
         if not row["name"].startswith("warm-up"):
             groups.setdefault((row["data"], row["name"]), []).append(row)
     lines = ["| data | recipe | settings | seeds | best val acc | final val acc | val images | seconds (warm) | "
-             "final vs better preset (McNemar, pooled seeds) |", "|---|---|---|---|---|---|---|---|---|"]
+             "final vs better preset (McNemar, pooled seeds) | final vs old defaults |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for data in dict.fromkeys(d for d, _ in groups):
         mean = {name: {k: sum(r[k] for r in g) / len(g) for k in ("best", "final", "seconds")}
                 for (d, name), g in groups.items() if d == data}
@@ -192,14 +198,17 @@ def table(rows: list[dict]) -> str:
         better = max(presets, key=lambda p: mean[p]["final"]) if presets else None
         for name, m in mean.items():
             g = sorted(groups[(data, name)], key=lambda r: r["seed"])
-            test = ""
-            if better and name not in PRESETS:
-                ref = {r["seed"]: r for r in groups[(data, better)]}
+            tests = []
+            for other in (better, OLD):
+                ref = {r["seed"]: r for r in groups.get((data, other), [])}
                 pairs = [(r, ref[r["seed"]]) for r in g if r["seed"] in ref]
-                if pairs:
-                    t = paired_test([c for r, _ in pairs for c in r["correct"]],
-                                    [c for _, b in pairs for c in b["correct"]], (name, better))
-                    test = f"{t.a_only} vs {t.b_only} images, p = {t.p_value:.2g}"
+                if name in PRESETS or name == other or not pairs:
+                    tests.append("")
+                    continue
+                t = paired_test([c for r, _ in pairs for c in r["correct"]],
+                                [c for _, b in pairs for c in b["correct"]], (name, other))
+                tests.append(f"{t.a_only} vs {t.b_only} images, p = {t.p_value:.2g}")
+            test = " | ".join(tests)
             settings = g[0].get("settings") or describe_overrides(g[0])
             lines.append(f"| {data} | {name} | {settings} | {','.join(str(r['seed']) for r in g)} | {m['best']:.4f} | "
                          f"{m['final']:.4f} | {g[0]['val_images']} | {m['seconds']:.1f} | {test} |")
