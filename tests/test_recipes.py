@@ -16,7 +16,7 @@ from tlcourse.engine import train
 from tlcourse.recipes import Phase, cosine, one_cycle, phases, spread_lrs
 
 FAST = dict(weights=None, batch_size=4, image_size=32, progress="none", augment=False, arch="resnet18")
-FULL = dict(recipe="fine_tune", epochs=3, freeze_epochs=1, lr=1e-3, seed=5, **FAST)
+FULL = dict(recipe="fine_tune", epochs=3, freeze_epochs=1, lr=1e-3, lr_mult=100.0, seed=5, **FAST)
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +51,11 @@ def test_phases_and_their_bad_settings():
     with pytest.raises(TLCourseError, match="freeze_epochs=3 must be smaller than epochs=3"):
         phases(TrainConfig(recipe="fine_tune", epochs=3, freeze_epochs=3))
     with pytest.raises(TLCourseError, match="fast='features' cannot hold for both phases"):
-        phases(TrainConfig(recipe="fine_tune", epochs=3, fast="features"))
+        phases(TrainConfig(recipe="fine_tune", epochs=3, freeze_epochs=1, fast="features"))
     with pytest.raises(TLCourseError, match="freeze='all' belongs to recipe='single'.*set unfreeze instead"):
-        phases(TrainConfig(recipe="fine_tune", epochs=3, freeze="all"))
+        phases(TrainConfig(recipe="fine_tune", epochs=3, freeze_epochs=1, freeze="all"))
     with pytest.raises(TLCourseError, match="scheduler='cosine' belongs to recipe='single'.*set phase_schedule"):
-        phases(TrainConfig(recipe="fine_tune", epochs=3, scheduler="cosine"))
+        phases(TrainConfig(recipe="fine_tune", epochs=3, freeze_epochs=1, scheduler="cosine"))
     with pytest.raises(TLCourseError, match="recipe='fast' is not supported; choose one of single, fine_tune"):
         TrainConfig(recipe="fast").validate()
 
@@ -118,4 +118,4 @@ def test_cli_spelling(leaves, tmp_path, capsys):
     assert "phase 1/2: head, epochs 1-1 of 2" in out and "phase 2/2: last_stage, epochs 2-2 of 2" in out
     assert "EPOCH 1/2" in out and "EPOCH 2/2" in out and "best_acc: " in out
     assert main(["train", "--recipe", "fine_tune", "--epochs", "1", "--data-dir", str(leaves)]) == 2
-    assert "freeze_epochs=1 must be smaller than epochs=1" in capsys.readouterr().err
+    assert "freeze_epochs=10 must be smaller than epochs=1" in capsys.readouterr().err

@@ -42,7 +42,7 @@ PRESET_DEFAULTS = {
 }
 #: The same for ``recipe="fine_tune"`` (``tlcourse.recipes``): its phases schedule themselves, and
 #: ``fast_views`` stays None so that each phase takes its own preset's number of cached views.
-RECIPE_DEFAULTS = {"fine_tune": {"epochs": 5, "lr": 1e-3, "scheduler": "none", "label_smoothing": 0.0}}
+RECIPE_DEFAULTS = {"fine_tune": {"epochs": 15, "lr": 1e-3, "scheduler": "none", "label_smoothing": 0.1}}
 
 #: Largest square image side accepted: 1024 px already needs ~20x the memory of 224 px.
 MAX_IMAGE_SIZE = 1024
@@ -166,11 +166,11 @@ class TrainConfig:
     recipe: str = option("single", "single: one phase with --freeze; fine_tune: the head alone for --freeze-epochs, "
                          "then --unfreeze with per-block learning rates (one run folder)", "optimizer",
                          choices=RECIPES)
-    freeze_epochs: int = option(1, "fine_tune: epochs of head-only training before unfreezing (of --epochs in all)",
+    freeze_epochs: int = option(10, "fine_tune: epochs of head-only training before unfreezing (of --epochs in all)",
                                 "optimizer", low=0, high=10_000)
     unfreeze: str = option("last_stage", "fine_tune: what learns after the head-only epochs", "optimizer",
                            choices=UNFREEZE)
-    lr_mult: float = option(100.0, "fine_tune: the first unfrozen block learns lr_mult times slower than the head, "
+    lr_mult: float = option(3.0, "fine_tune: the first unfrozen block learns lr_mult times slower than the head, "
                             "the blocks between spread geometrically (fastai's slice)", "optimizer", low=1, high=1e6)
     phase_schedule: str = option("one_cycle", "fine_tune: learning-rate schedule of each phase, stepped every batch",
                                  "optimizer", choices=PHASE_SCHEDULES)
