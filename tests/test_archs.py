@@ -89,7 +89,7 @@ def test_random_layers_in_frozen_blocks_stay_in_eval():
 def test_efficientnet_trains_caches_and_predicts(tiny_data, tmp_path, capsys):
     result = train(data_dir=str(tiny_data), arch="efficientnet_b0", weights=None, freeze="last_stage", epochs=1,
                    batch_size=4, image_size=SIZE, augment=False, output_dir=str(tmp_path), progress="none")
-    assert result.fast_path == "layer3" and "features.5" in result.route_description
+    assert result.route == "layer3" and "features.5" in result.route_description
     predictor = Predictor(result.best_acc_path, device="cpu")
     assert len(predictor.predict_folder(tiny_data / "val")) == 12
     assert main(["report", "--arch", "efficientnet_b0", "--freeze", "last_stage"]) == 0
@@ -110,7 +110,7 @@ def test_a_new_architecture_is_one_table_entry(tiny_data, tmp_path, monkeypatch,
     assert block_of("trunk_output.block3.b1.f.a.0.weight") == "trunk_output.block3"
     result = train(data_dir=str(tiny_data), arch=REGNET.name, weights=None, freeze="last_stage", epochs=1,
                    batch_size=4, image_size=SIZE, augment=False, output_dir=str(tmp_path), progress="none")
-    assert result.fast_path == "layer3" and "trunk_output.block3" in result.route_description
+    assert result.route == "layer3" and "trunk_output.block3" in result.route_description
     rebuilt = model_from_checkpoint(result.best_acc_path)
     assert type(rebuilt).__name__ == "RegNet"
     assert main(["report", "--arch", REGNET.name, "--freeze", "last_stage"]) == 0

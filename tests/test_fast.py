@@ -48,7 +48,7 @@ def _losses(result) -> list[float]:
 
 
 def _assert_same_trajectory(fast, plain, rel=1e-4):
-    assert fast.fast_path != "plain" and plain.fast_path == "plain"
+    assert fast.route != "plain" and plain.route == "plain"
     assert _losses(fast) == pytest.approx(_losses(plain), rel=rel)
     assert [r["val_acc"] for r in fast.history] == [r["val_acc"] for r in plain.history]
 
@@ -66,7 +66,7 @@ def test_cached_training_follows_the_plain_loss_trajectory(tiny_data_session, tm
                   head="mlp" if freeze == "head" else "linear")   # mlp: dropout must draw the same numbers
     plain = train(cfg, fast="off")
     fast = train(cfg)                                               # fast="auto"
-    assert fast.fast_path == expected
+    assert fast.route == expected
     assert fast.route_description.startswith("cached ")
     _assert_same_trajectory(fast, plain)
     # The trained weights are the same too, including BatchNorm statistics of a trained layer4.
@@ -91,14 +91,14 @@ def test_fp16_layer3_cache_stays_close_to_the_plain_loop(tiny_data_session, tmp_
     assert (half.float() - full).abs().max() <= 1e-3 * full.abs().max()   # fp16: 11 significant bits
     cfg = _config(tiny_data_session, tmp_path, freeze="last_stage")
     plain, fast = train(cfg, fast="off"), train(cfg)
-    assert fast.fast_path == "layer3" and "fp16" in fast.route_description
+    assert fast.route == "layer3" and "fp16" in fast.route_description
     # Rounding differences grow a little over the training steps but stay small.
     assert _losses(fast) == pytest.approx(_losses(plain), abs=0.1)
 
 
 def test_fast_checkpoint_is_a_full_model_with_the_same_accuracy(tiny_data_session, tmp_path):
     result = train(_config(tiny_data_session, tmp_path, freeze="last_stage", fast_dtype="float32"))
-    assert result.fast_path == "layer3"
+    assert result.route == "layer3"
     loaders = make_loaders(tiny_data_session, image_size=SIZE, batch_size=4, augment=False)
     reloaded = model_from_checkpoint(result.latest_path)
     in_memory = evaluate(result.model, loaders.val)["acc"]
@@ -128,9 +128,9 @@ def test_cache_memory_estimate_matches_the_real_cache(tiny_data_session, arch, p
 def test_auto_falls_back_to_the_plain_loop_when_caching_would_change_results(tiny_data_session, tmp_path,
                                                                              no_checkpoint_files):
     augmented = train(_config(tiny_data_session, tmp_path, epochs=1, augment=True, fast_views=0))
-    assert augmented.fast_path == "plain" and "augmentation" in augmented.route_description
+    assert augmented.route == "plain" and "augmentation" in augmented.route_description
     moving_bn = train(_config(tiny_data_session, tmp_path, epochs=1, bn_eval=False))
-    assert moving_bn.fast_path == "plain" and "bn_eval=False" in moving_bn.route_description
+    assert moving_bn.route == "plain" and "bn_eval=False" in moving_bn.route_description
     with pytest.raises(TLCourseError, match="fast='features' cannot cache"):
         train(_config(tiny_data_session, tmp_path, epochs=1, bn_eval=False, fast="features"))
     with pytest.raises(TLCourseError, match="fast_views"):
@@ -148,19 +148,19 @@ def test_augmentation_is_cached_as_views_by_default(tiny_data_session, tmp_path,
     """Fast by default: augment=True (the default) trains head or last_stage on cached views."""
     for freeze, what in (("head", "pooled features"), ("last_stage", "layer3 activations (fp16)")):
         result = train(_config(tiny_data_session, tmp_path, epochs=1, augment=True, freeze=freeze))
-        assert result.fast_path == "views" and result.route_description.startswith(f"cached {what} of ")
+        assert result.route == "views" and result.route_description.startswith(f"cached {what} of ")
         views = TrainConfig(freeze=freeze).resolved().fast_views
         described = f"{views} views per training image" if views > 1 else "the un-augmented images"
         assert described in result.route_description
         assert result.probe is not None and 0 <= result.probe.val_acc <= 1
     everything = train(_config(tiny_data_session, tmp_path, epochs=1, augment=True, freeze="all"))
-    assert everything.fast_path == "plain" and everything.probe is None
+    assert everything.route == "plain" and everything.probe is None
 
 
 def test_augmented_views_are_seeded_and_cycle(tiny_data_session, tmp_path, no_checkpoint_files):
     cfg = _config(tiny_data_session, tmp_path, epochs=3, augment=True, fast_views=2, cache=False)
     first, second = train(cfg), train(cfg)
-    assert first.fast_path == "views" and "2 views per training image" in first.route_description
+    assert first.route == "views" and "2 views per training image" in first.route_description
     assert _losses(first) == _losses(second)
     # view 0 is the un-augmented image (what validation sees); view 1 is a seeded augmentation
     loaders = make_loaders(tiny_data_session, image_size=SIZE, augment=True)
@@ -191,5 +191,5 @@ def test_decoded_images_equal_the_pil_pipeline(tiny_data_session):
 def test_all_layers_trainable_without_augmentation_decodes_once(tiny_data_session, tmp_path, no_checkpoint_files):
     cfg = _config(tiny_data_session, tmp_path, freeze="all", epochs=2)
     plain, fast = train(cfg, fast="off"), train(cfg)
-    assert fast.fast_path == "decode" and fast.route_description.startswith("images decoded once")
+    assert fast.route == "decode" and fast.route_description.startswith("images decoded once")
     _assert_same_trajectory(fast, plain)

@@ -127,7 +127,7 @@ def test_a_second_run_reads_everything_from_the_cache_and_trains_the_same(tiny_d
     assert second.probe == first.probe                          # read back with the features, not refitted
     # head-only on the same images finds the pooled features the last_stage run stored for the probe
     head = train(cfg.replace(freeze="head", fast_views=1))
-    assert "pass(es)" not in capsys.readouterr().out and head.fast_path == "views"
+    assert "pass(es)" not in capsys.readouterr().out and head.route == "views"
 
 
 def test_what_changes_the_result_changes_the_key(tiny_data, tmp_path, capsys, one_thread):
@@ -163,7 +163,7 @@ def test_a_full_disk_mid_write_keeps_training_in_memory(tiny_data, tmp_path, cap
     result = train(_config(tiny_data, tmp_path, fast_views=2, epochs=1))
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and "in memory" in err[0]
-    assert result.fast_path == "views" and FeatureCache(tmp_path / "cache").entries() == []
+    assert result.route == "views" and FeatureCache(tmp_path / "cache").entries() == []
 
 
 def test_caches_over_the_memory_limit_stream_to_disk_and_train_the_same(tiny_data, tmp_path, monkeypatch,

@@ -97,7 +97,7 @@ def three_class_run(tmp_path_factory):
 
 def test_interpret_a_run_reuses_its_cached_features_and_matches_the_checkpoint(three_class_run):
     root, result = three_class_run
-    assert result.fast_path == "features"
+    assert result.route == "features"
     from_run = interpret(result)
     from_file = interpret(result.best_acc_path)
     assert "cached while training" in from_run.features_from and "one backbone pass" in from_file.features_from

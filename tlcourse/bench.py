@@ -143,7 +143,7 @@ def plain_loop(arch: str, strategy: str, data_dir: Path, *, epochs: int, batch_s
 
 # --------------------------------------------------------------------------- (b) tlcourse's fast path
 
-def fast_path(arch: str, strategy: str, data_dir: Path, *, epochs: int, batch_size: int, image_size: int,
+def cached_route(arch: str, strategy: str, data_dir: Path, *, epochs: int, batch_size: int, image_size: int,
               seed: int, subset: int | None) -> dict:
     started = time.perf_counter()
     cfg = TrainConfig(data_dir=str(data_dir), arch=arch, freeze=strategy, augment=False, epochs=epochs,
@@ -164,8 +164,8 @@ def fast_path(arch: str, strategy: str, data_dir: Path, *, epochs: int, batch_si
         curve.append({"epoch": row["epoch"], "seconds": elapsed, "train_loss": row["train_loss"],
                       "val_acc": row["val_acc"]})
     return {"curve": curve, "train_images": len(loaders.train.dataset), "val_images": len(loaders.val.dataset),
-            "model": model, "path": setup.description, "fast_path": setup.name, "cache_mb": setup.cache_bytes / 1e6,
-            "cache_seconds": setup.seconds, "loaders": loaders}
+            "model": model, "route_description": setup.description, "route": setup.name,
+            "cache_mb": setup.cache_bytes / 1e6, "cache_seconds": setup.seconds, "loaders": loaders}
 
 
 # --------------------------------------------------------------------------- running and reporting
@@ -225,7 +225,7 @@ def markdown(report: dict) -> str:
     if report["rows"]:
         lines += ["", "| model | trained | epochs | plain loop s | fast path s | speed-up | plain img/s | fast img/s "
                   "| plain best / final val acc | fast best / final val acc | plain peak RSS +MB | fast peak RSS +MB "
-                  "| fast path |",
+                  "| route |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         a, b = row["plain"], row["fast"]
@@ -233,10 +233,11 @@ def markdown(report: dict) -> str:
                      f"| **{row['speedup']:.1f}x** | {a['images_per_s']:.0f} | {b['images_per_s']:.0f} "
                      f"| {a['best_val_acc']:.3f} / {a['final_val_acc']:.3f} "
                      f"| {b['best_val_acc']:.3f} / {b['final_val_acc']:.3f} "
-                     f"| {a['peak_rss_increase_mb']:.0f} | {b['peak_rss_increase_mb']:.0f} | {row['fast_path']} |")
+                     f"| {a['peak_rss_increase_mb']:.0f} | {b['peak_rss_increase_mb']:.0f} | {row['route']} |")
     if report["runs"]:
         lines.append("")
-        lines.append("Fast paths: " + "; ".join(f"{r['arch']} {r['strategy']}: {r['path']}" for r in report["runs"]))
+        lines.append("Routes: " + "; ".join(f"{r['arch']} {r['strategy']}: {r['route_description']}"
+                                            for r in report["runs"]))
     inf = report.get("inference")
     if inf:
         lines += ["", f"Inference ({inf['arch']}, {inf['images']} val images): batched predict_folder "
@@ -317,17 +318,17 @@ def run(args: argparse.Namespace) -> dict:
             print(f"--- {arch} {strategy}: {counts[-1]} epochs, plain loop ...", flush=True)
             plain = measured(plain_loop, arch, strategy, data_dir, **common)
             print(f"--- {arch} {strategy}: {counts[-1]} epochs, fast path ...", flush=True)
-            fast = measured(fast_path, arch, strategy, data_dir, **common)
-            print(f"    fast path: {fast['path']}", flush=True)
+            fast = measured(cached_route, arch, strategy, data_dir, **common)
+            print(f"    route: {fast['route_description']}", flush=True)
             report["rss_method"] = fast["rss_method"]
-            report["runs"].append({"arch": arch, "strategy": strategy, "path": fast["path"],
+            report["runs"].append({"arch": arch, "strategy": strategy, "route_description": fast["route_description"],
                                    "cache_mb": round(fast["cache_mb"], 1),
                                    "cache_seconds": round(fast["cache_seconds"], 2),
                                    "plain_curve": plain["curve"], "fast_curve": fast["curve"]})
             for n in counts:
                 a, b = summarize(plain, n), summarize(fast, n)
                 row = {"arch": arch, "strategy": strategy, "epochs": n, "plain": a, "fast": b,
-                       "speedup": round(a["seconds"] / b["seconds"], 2), "fast_path": fast["fast_path"],
+                       "speedup": round(a["seconds"] / b["seconds"], 2), "route": fast["route"],
                        "cache_mb": round(fast["cache_mb"], 1)}
                 report["rows"].append(row)
                 print(f"    {n} epochs: plain {a['seconds']:.1f}s acc {a['final_val_acc']:.3f}, "

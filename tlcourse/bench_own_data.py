@@ -43,8 +43,8 @@ def timed_run(cfg: TrainConfig) -> dict:
     return {"seconds": round(seconds, 1), "run_seconds": round(result.seconds, 1),
             "cache_seconds": round(result.cache_seconds, 1), "best_val_acc": result.best["acc"],
             "best_epoch": result.best["acc_epoch"], "final_val_acc": result.history[-1]["val_acc"],
-            "probe": result.probe.val_acc if result.probe else None, "path": result.fast_path,
-            "route": result.route, "epochs": cfg.epochs}
+            "probe": result.probe.val_acc if result.probe else None, "route": result.route,
+            "route_description": result.route_description, "epochs": cfg.epochs}
 
 
 def run_own_data(args, quick: bool) -> dict:
@@ -96,5 +96,5 @@ def own_markdown(section: dict) -> list[str]:
         c, w = row["cold"], row["warm"]
         lines.append(f"| {row['freeze']} | {row['runtime']} | {row['epochs']} | {c['seconds']:.1f} "
                      f"| {c['cache_seconds']:.1f} | {w['seconds']:.1f} | {c['best_val_acc']:.3f} ({c['best_epoch']}) "
-                     f"| {c['probe']:.3f} | {c['path']} |")
+                     f"| {c['probe']:.3f} | {c['route']} |")
     return lines
