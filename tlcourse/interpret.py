@@ -29,11 +29,13 @@ import torch
 from torch import nn
 
 from . import TLCourseError
+from .archs import spec_of
 from .checkpoints import BEST_ACC, load_checkpoint, model_from_checkpoint
 from .checks import DatasetCheck, check_split
 from .data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderRGB, _subset, eval_transforms, resolve_data_dir
 from .device import select_device
 from .fast import compute_cache, samples_of, split_model
+from .fast.runtime import frozen_parts
 from .gradcam import grad_cam, plot_grad_cam
 from .heads import compute_loss, loss_for_model
 from .interpretation import ClassMetrics, Confusion, Interpretation, TopLoss
@@ -79,8 +81,11 @@ def _reusable_features(run, model: nn.Module, targets: torch.Tensor) -> torch.Te
 def _forward(model: nn.Module, dataset, device, batch_size: int, features: torch.Tensor | None):
     """Logits of every image: pooled features (given, or one backbone pass) through the head."""
     split = split_model(model, "features")
-    if features is None:
-        features, _ = compute_cache(split.prefix, dataset, batch_size=batch_size, device=device)
+    if features is None:   # on a CPU the backbone runs on ONNX Runtime, as training's pass does
+        example = dataset[0][0].unsqueeze(0) if len(dataset) else torch.zeros(1, 3, 224, 224)
+        _, parts = frozen_parts([("features", split.prefix)], "auto", device, example, images=len(dataset),
+                                 arch=spec_of(model).name)
+        features, _ = compute_cache(parts[0][1], dataset, batch_size=batch_size, device=device)
     outputs = []
     for start in range(0, len(features), batch_size):
         outputs.append(split.suffix(features[start:start + batch_size].to(device)).float().cpu())
