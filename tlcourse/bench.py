@@ -1,4 +1,4 @@
-"""CPU benchmark: the plain transfer-learning loop against tlcourse's fast path, side by side.
+"""CPU benchmark: the plain transfer-learning loop against tlcourse's cached route, side by side.
 
     python -m tlcourse bench                 # the full run (README tables)
     python -m tlcourse bench --quick         # a smoke run: MobileNetV2 head-only, 2 epochs, 64 images
@@ -141,7 +141,7 @@ def plain_loop(arch: str, strategy: str, data_dir: Path, *, epochs: int, batch_s
     return {"curve": curve, "train_images": len(train_set), "val_images": len(val_set), "model": model}
 
 
-# --------------------------------------------------------------------------- (b) tlcourse's fast path
+# --------------------------------------------------------------------------- (b) tlcourse's cached route
 
 def cached_route(arch: str, strategy: str, data_dir: Path, *, epochs: int, batch_size: int, image_size: int,
               seed: int, subset: int | None) -> dict:
@@ -223,9 +223,9 @@ def markdown(report: dict) -> str:
     lines = [f"Machine: {m['cpu']}, {m['cpu_count']} CPU cores, torch {m['torch']} with {m['threads']} thread(s), "
              f"load average at start {m['load_average']}; command: `{report['command']}`"]
     if report["rows"]:
-        lines += ["", "| model | trained | epochs | plain loop s | fast path s | speed-up | plain img/s | fast img/s "
-                  "| plain best / final val acc | fast best / final val acc | plain peak RSS +MB | fast peak RSS +MB "
-                  "| route |",
+        lines += ["", "| model | trained | epochs | plain loop s | cached route s | speed-up | plain img/s "
+                  "| cached img/s | plain best / final val acc | cached best / final val acc | plain peak RSS +MB "
+                  "| cached peak RSS +MB | route |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         a, b = row["plain"], row["fast"]
@@ -256,7 +256,7 @@ def markdown(report: dict) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="plain transfer-learning loop vs tlcourse's fast path (CPU)")
+    p = argparse.ArgumentParser(description="plain transfer-learning loop vs tlcourse's cached route (CPU)")
     add_arguments(p)
     return p.parse_args(argv)
 
@@ -317,7 +317,7 @@ def run(args: argparse.Namespace) -> dict:
                           seed=args.seed, subset=args.subset)
             print(f"--- {arch} {strategy}: {counts[-1]} epochs, plain loop ...", flush=True)
             plain = measured(plain_loop, arch, strategy, data_dir, **common)
-            print(f"--- {arch} {strategy}: {counts[-1]} epochs, fast path ...", flush=True)
+            print(f"--- {arch} {strategy}: {counts[-1]} epochs, cached route ...", flush=True)
             fast = measured(cached_route, arch, strategy, data_dir, **common)
             print(f"    route: {fast['route_description']}", flush=True)
             report["rss_method"] = fast["rss_method"]
