@@ -92,43 +92,62 @@ def run_jobs(jobs: list[CacheJob], model: nn.Module, cfg: TrainConfig, device: t
 
     parts = parts_of(model)
     spec = spec_of(model)
-    size = cfg.image_size
-    runtime, run_parts = backbone_runtime.frozen_parts(parts, cfg.backbone_runtime, device,
-                                                       torch.zeros(1, 3, size, size), cache=cache, arch=spec.name,
-                                                       images=sum(len(job.dataset) for job in jobs))
+    example = torch.zeros(1, 3, cfg.image_size, cfg.image_size)
+    images = sum(len(job.dataset) for job in jobs)
     fingerprints: dict[str, str] = {}
     if cache.enabled and any(isinstance(job.dataset, SampleViews) for job in jobs):
         fingerprints["layer3"] = fingerprint_module(parts[0][1])
         fingerprints["features"] = fingerprints["layer3"] + "+" + fingerprint_module(parts[1][1])
-    results, counts = {}, {"passes": 0, "read": 0, "pass_seconds": 0.0, "images": 0, "runtime": runtime}
+
+    def look_up(runtime: str) -> tuple[dict, list]:
+        """Every job's keys (which name ``runtime``) and cache hits; the jobs with outputs still missing."""
+        results, missing, counts["read"] = {}, [], 0
+        for job in jobs:
+            keys = {}
+            for out, dt in job.outputs.items():
+                keys[out] = None
+                if fingerprints and isinstance(job.dataset, SampleViews):
+                    keys[out] = {"kind": "tlcourse.feature_cache", "arch": spec.name, "output": out,
+                                 "model": fingerprints[out], "dtype": str(dt).replace("torch.", ""),
+                                 **job.dataset.identity(), "torch": torch.__version__,
+                                 "torchvision": torchvision.__version__, "device": device.type,
+                                 "channels_last": cfg.channels_last, "runtime": runtime}
+            got, targets = {}, None
+            for out, key in keys.items():
+                hit = cache.load(key, memory_limit=0 if stream else None) if key is not None else None
+                if hit is not None:
+                    got[out], targets = hit
+                    counts["read"] += 1
+            results[(job.split, job.view)] = (got, targets, keys)
+            if any(out not in got for out in job.outputs):
+                missing.append(job)
+        return results, missing
+
+    # Keyed by the runtime planned (nothing loaded), so a warm run starts no session; a fallback
+    # when loading it (a failed export) keys and looks up again under the runtime that will run.
+    runtime = backbone_runtime.planned_runtime(parts, cfg.backbone_runtime, device, example, cache=cache,
+                                               images=images)[0]
+    counts = {"passes": 0, "read": 0, "pass_seconds": 0.0, "images": 0, "runtime": runtime}
+    results, missing = look_up(runtime)
+    if missing:
+        loaded, run_parts = backbone_runtime.frozen_parts(parts, cfg.backbone_runtime, device, example, cache=cache,
+                                                          arch=spec.name, images=images)
+        if loaded != runtime:
+            counts["runtime"] = runtime = loaded
+            results, missing = look_up(runtime)
     todo = []                                   # (job, keys, sinks) still to compute
-    for job in jobs:
-        keys = {}
+    for job in missing:
+        got, _, keys = results[(job.split, job.view)]
+        sinks = {}
         for out, dt in job.outputs.items():
-            keys[out] = None
-            if fingerprints and isinstance(job.dataset, SampleViews):
-                keys[out] = {"kind": "tlcourse.feature_cache", "arch": spec.name, "output": out,
-                             "model": fingerprints[out], "dtype": str(dt).replace("torch.", ""),
-                             **job.dataset.identity(), "torch": torch.__version__,
-                             "torchvision": torchvision.__version__, "device": device.type,
-                             "channels_last": cfg.channels_last, "runtime": runtime}
-        got, targets = {}, None
-        for out, key in keys.items():
-            hit = cache.load(key, memory_limit=0 if stream else None) if key is not None else None
-            if hit is not None:
-                got[out], targets = hit
-                counts["read"] += 1
-        results[(job.split, job.view)] = (got, targets, keys)
-        missing = {out: dt for out, dt in job.outputs.items() if out not in got}
-        if missing:
-            sinks = {}
-            for out, dt in missing.items():
-                kind = "un-augmented" if job.view == 0 and job.stream_seed is None else f"augmented, seed {cfg.seed}"
-                what = (f"{spec.name} {_OUTPUT_NAMES[out]} ({str(dt).replace('torch.', '')}) | {job.split} view "
-                        f"{job.view} ({kind}) | {len(job.dataset)} images | {data_dir}")
-                writer = cache.writer(keys[out], what) if keys[out] is not None else None
-                sinks[out] = Sink(len(job.dataset), dt, writer, cache, in_memory=not (stream and writer))
-            todo.append((job, keys, sinks))
+            if out in got:
+                continue
+            kind = "un-augmented" if job.view == 0 and job.stream_seed is None else f"augmented, seed {cfg.seed}"
+            what = (f"{spec.name} {_OUTPUT_NAMES[out]} ({str(dt).replace('torch.', '')}) | {job.split} view "
+                    f"{job.view} ({kind}) | {len(job.dataset)} images | {data_dir}")
+            writer = cache.writer(keys[out], what) if keys[out] is not None else None
+            sinks[out] = Sink(len(job.dataset), dt, writer, cache, in_memory=not (stream and writer))
+        todo.append((job, keys, sinks))
     if not todo:
         return results, counts
     started = time.perf_counter()

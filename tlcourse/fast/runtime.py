@@ -31,7 +31,7 @@ from torch import nn
 from ..config import BACKBONE_RUNTIMES as RUNTIMES
 
 __all__ = ["OPSET", "RUNTIMES", "OrtPart", "decode_workers", "frozen_parts", "onnxruntime_version", "ort_threads",
-           "runtime_name"]
+           "planned_runtime", "runtime_name"]
 
 OPSET = 17
 #: With ``"auto"``, a pass over fewer images runs in eager mode unless its graphs are already cached:
@@ -152,6 +152,26 @@ def cached_graph(part: nn.Module, name: str, example: torch.Tensor, cache, ort_v
     return graph
 
 
+def planned_runtime(parts: list[tuple[str, nn.Module]], requested: str, device, example: torch.Tensor, *,
+                    cache=None, images: int | None = None) -> tuple[str, str | None]:
+    """``(runtime, why eager)``: which runtime :func:`frozen_parts` will use, decided without loading anything.
+
+    A pass keys and reads its cached features by this name first, so a warm run loads no session.
+    ``why eager``: the line to print when PyTorch runs although ONNX Runtime was possible or asked for.
+    """
+    name, why = runtime_name(requested, device)
+    if name == "torch":
+        return "torch", (why if requested != "torch" and torch.device(device).type == "cpu" else None)
+    odd = next((p.dtype for _, part in parts for p in part.parameters() if p.dtype != torch.float32), None)
+    if odd is not None:
+        return "torch", f"the frozen part is {odd}; the ONNX route exports float32"
+    version = onnxruntime_version()
+    if requested == "auto" and images is not None and images < SMALL_PASS and not _cached(parts, example, cache,
+                                                                                         version):
+        return "torch", None
+    return f"onnxruntime {version}", None
+
+
 def frozen_parts(parts: list[tuple[str, nn.Module]], requested: str, device, example: torch.Tensor, *,
                  cache=None, arch: str = "", threads: int | None = None, images: int | None = None,
                  log: Callable[[str], None] = print) -> tuple[str, list]:
@@ -164,28 +184,20 @@ def frozen_parts(parts: list[tuple[str, nn.Module]], requested: str, device, exa
     exported (or read from ``cache``) and loaded into a session now, so a failure falls back to
     PyTorch before any feature is computed or keyed.
     """
-    name, why = runtime_name(requested, device)
-    if name == "torch":
-        if requested != "torch" and torch.device(device).type == "cpu":
+    runtime, why = planned_runtime(parts, requested, device, example, cache=cache, images=images)
+    if runtime == "torch":
+        if why:
             log(f"backbone runtime: PyTorch eager ({why})")
-        return "torch", parts
-    odd = next((p.dtype for _, part in parts for p in part.parameters() if p.dtype != torch.float32), None)
-    if odd is not None:
-        log(f"backbone runtime: PyTorch eager (the frozen part is {odd}; the ONNX route exports float32)")
-        return "torch", parts
-    version = onnxruntime_version()
-    if requested == "auto" and images is not None and images < SMALL_PASS and not _cached(parts, example, cache,
-                                                                                         version):
         return "torch", parts
     try:
         with torch.random.fork_rng(devices=[]):           # exporting draws nothing, but keep a seeded run's stream
-            out = _load_parts(parts, example, cache, version, arch, threads)
+            out = _load_parts(parts, example, cache, onnxruntime_version(), arch, threads)
     except Exception as exc:   # noqa: BLE001 - any exporter/runtime failure: the eager route still works
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log(f"backbone runtime: PyTorch eager (exporting {arch or 'the frozen part'} to ONNX Runtime failed: "
             f"{type(exc).__name__}: {text[:200]})")
         return "torch", parts
-    return f"onnxruntime {version}", out
+    return runtime, out
 
 
 def _cached(parts: list[tuple[str, nn.Module]], example: torch.Tensor, cache, version: str) -> bool:
