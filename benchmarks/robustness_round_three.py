@@ -15,7 +15,6 @@ import io
 import json
 import os
 import re
-import shutil
 import socket
 import struct
 import subprocess
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from robustness_table import cli, make_folder, shorten
+from robustness_table import cli, make_folder, print_cases, shorten
 
 from tlcourse import TLCourseError
 from tlcourse import checkpoints as ck
@@ -372,25 +371,7 @@ def rows() -> list[tuple[str, object]]:
 
 
 def main_table(first: int = 1) -> int:
-    print("| # | input | what it gets | checked after |")
-    print("|---|---|---|---|")
-    n = first - 1
-    with contextlib.redirect_stdout(io.StringIO()):
-        cases = rows()
-    for name, case in cases:
-        if case is None:
-            print(f"|  | {name} |  |  |")
-            continue
-        n += 1
-        with contextlib.redirect_stdout(io.StringIO()):
-            try:
-                got, after = case()
-            except Exception as exc:   # the table must show a failure, not stop
-                got, after = f"{type(exc).__name__}: {exc} (!)", ""
-        print(f"| {n} | {name.replace('|', chr(92) + '|')} | {short(got)} | {short(after)} |", flush=True)
-    print(f"\n{n - first + 1} inputs tried.", file=sys.stderr)
-    shutil.rmtree(TMP, ignore_errors=True)
-    return 0
+    return print_cases(rows, short, first, TMP)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import zlib
 from pathlib import Path
 
 from PIL import Image
-from robustness_table import cli, make_folder, shorten
+from robustness_table import cli, make_folder, print_cases, shorten
 
 from tlcourse import TLCourseError
 from tlcourse import checkpoints as ck
@@ -386,22 +386,7 @@ def bad_image_advice():
 
 
 def main_table(first: int = 57) -> int:
-    print("| # | input | what it gets | checked after |")
-    print("|---|---|---|---|")
-    n = first - 1
-    with contextlib.redirect_stdout(io.StringIO()):  # what training prints is not part of the table
-        cases = rows()
-    for name, case in cases:
-        if case is None:
-            print(f"|  | {name} |  |  |")
-            continue
-        n += 1
-        with contextlib.redirect_stdout(io.StringIO()):
-            got, after = case()
-        print(f"| {n} | {name} | {short(got)} | {short(after)} |", flush=True)
-    print(f"\n{n - first + 1} inputs tried (cases {first}-{n}).", file=sys.stderr)
-    shutil.rmtree(TMP, ignore_errors=True)
-    return 0
+    return print_cases(rows, short, first, TMP)
 
 
 if __name__ == "__main__":

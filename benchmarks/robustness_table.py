@@ -66,6 +66,33 @@ def cli(*argv: str) -> str:
     return f"exit {code}: {err.getvalue().strip() or out.getvalue().strip()}"
 
 
+def print_cases(rows, short, first: int, tmp: Path) -> int:
+    """Print the markdown table of ``rows()``: ``(input, case)`` pairs, a ``None`` case being a heading.
+
+    Each case returns ``(what it gets, checked after)``; what it prints is not part of the table,
+    and a case that raises shows the exception (marked "(!)") instead of stopping the table.
+    """
+    print("| # | input | what it gets | checked after |")
+    print("|---|---|---|---|")
+    n = first - 1
+    with contextlib.redirect_stdout(io.StringIO()):
+        cases = rows()
+    for name, case in cases:
+        if case is None:
+            print(f"|  | {name} |  |  |")
+            continue
+        n += 1
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                got, after = case()
+            except Exception as exc:   # the table must show a failure, not stop
+                got, after = f"{type(exc).__name__}: {exc} (!)", ""
+        print(f"| {n} | {name.replace('|', chr(92) + '|')} | {short(got)} | {short(after)} |", flush=True)
+    print(f"\n{n - first + 1} inputs tried (cases {first}-{n}).", file=sys.stderr)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 def jpeg(img: Image.Image, **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", **kw)
